@@ -1,0 +1,3 @@
+from seqmodels.train import main
+
+main()

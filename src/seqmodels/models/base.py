@@ -1,0 +1,58 @@
+"""What every task module shares: optimizer wiring from config partials, vocabularies saved in
+the checkpoint, and batches moved to the device with their lengths left on the CPU."""
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from seqmodels.data.batching import Batch
+from seqmodels.data.vocab import Vocab
+
+
+class SequenceModule(L.LightningModule):
+    """:param optimizer: a partial (``_partial_: true``) that takes the parameters.
+    :param scheduler: an optional partial that takes the optimizer.
+    :param scheduler_monitor: the metric a plateau scheduler watches.
+    """
+
+    task: str  # written into checkpoints so that a tool can refuse another task's checkpoint
+
+    def __init__(
+        self,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_monitor: str = "val/loss",
+    ):
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
+        self.vocabs: dict[str, Vocab] = {}
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or torch.optim.Adam
+        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor,
+                             "interval": "epoch"},
+        }
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=device.type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["seqmodels"] = {
+            "task": self.task,
+            "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("seqmodels", {})
+        self.vocabs = {name: Vocab.from_dict(v) for name, v in saved.get("vocabs", {}).items()}

@@ -1,0 +1,120 @@
+"""Many-to-one: one label per sentence (sentiment and any other sentence classification)."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from seqmodels.data.batching import Batch
+from seqmodels.data.vocab import PAD_ID
+from seqmodels.errors import ConfigError
+from seqmodels.models.base import SequenceModule
+from seqmodels.models.encoder import RNNEncoder
+
+POOLINGS = ("final", "max", "mean")
+
+
+class SentimentClassifier(SequenceModule):
+    """Embedding -> encoder -> pooled sentence vector -> dropout -> linear -> softmax.
+
+    :param vocab_size, num_classes: read from the datamodule's vocabularies.
+    :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``).
+    :param pooling: ``final`` (the encoder's final states, directions combined), or ``max`` /
+        ``mean`` over the real steps of the outputs.
+    :param embedding_dropout: dropout on the word vectors; ``dropout``: before the classifier.
+    :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        encoder: dict,
+        embedding_dim: int = 300,
+        pooling: str = "final",
+        embedding_dropout: float = 0.0,
+        dropout: float = 0.0,
+        sparse_embeddings: bool = False,
+        optimizer=None,
+        scheduler=None,
+        scheduler_monitor: str = "val/loss",
+    ):
+        super().__init__(optimizer, scheduler, scheduler_monitor)
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling={pooling!r} is not one of {list(POOLINGS)}")
+        for name, p in (("embedding_dropout", embedding_dropout), ("dropout", dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
+        if num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.pooling = pooling
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
+                                      sparse=sparse_embeddings)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.encoder = RNNEncoder(input_size=embedding_dim, **encoder)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.encoder.get_output_dim(), num_classes)
+
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T) token ids and (B,) lengths -> (B, num_classes) logits."""
+        embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
+        encoded = self.encoder(embedded, lengths)
+        if self.pooling == "final":
+            sentence = encoded.final  # (B, H_out)
+        else:
+            mask = (tokens != PAD_ID).unsqueeze(2)  # (B, T, 1)
+            if self.pooling == "max":
+                sentence = encoded.outputs.masked_fill(~mask, float("-inf")).amax(dim=1)
+            else:
+                sentence = encoded.outputs.sum(dim=1) / lengths.to(tokens.device).unsqueeze(1)
+        return self.classifier(self.dropout(sentence))
+
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self(batch.tokens, batch.lengths)
+        return F.cross_entropy(logits, batch.targets), logits
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check's numbers are not a result
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=len(batch))
+        self.train_loss(loss, weight=len(batch))
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, logits = self._step(batch)
+        self.val_loss(loss, weight=len(batch))
+        self.val_metrics(logits, batch.targets)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, logits = self._step(batch)
+        self.test_loss(loss, weight=len(batch))
+        self.test_metrics(logits, batch.targets)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        self.log_dict(self.test_metrics, on_epoch=True)
+
+    @torch.no_grad()
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self(batch.tokens, batch.lengths).softmax(dim=-1)
