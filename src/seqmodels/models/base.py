@@ -1,12 +1,11 @@
 """What every task module shares: optimizer wiring from config partials, vocabularies saved in
-the checkpoint, and batches moved to the device with their lengths left on the CPU."""
+the checkpoint."""
 
 from collections.abc import Callable
 
 import lightning as L
 import torch
 
-from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import Vocab
 
 
@@ -42,14 +41,10 @@ class SequenceModule(L.LightningModule):
                              "interval": "epoch"},
         }
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        if isinstance(batch, Batch):
-            return batch.to(device, non_blocking=device.type == "cuda")
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["seqmodels"] = {
             "task": self.task,
+            "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()},
         }
 
