@@ -1,0 +1,61 @@
+"""Shared fixtures: configs composed with Hydra's compose API and pointed at a temp directory,
+and tiny data files that the tests write themselves."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from seqmodels.config import config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def compose_config(tmp_path: Path, overrides=(), config_name: str = "train") -> DictConfig:
+    """The composed config, as ``seqmodels-<config_name> <overrides>`` would see it, with every
+    output under ``tmp_path`` and no network."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _isolation():
+    """Each test starts from the same RNG, dtype and thread settings and leaves no Hydra or
+    process-group state behind."""
+    torch.manual_seed(0)
+    yield
+    GlobalHydra.instance().clear()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def write_lines(path: Path, lines) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def run_cli(module: str, *overrides: str, cwd: Path, timeout: int = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <overrides>`` in ``cwd``, as a user would run it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
