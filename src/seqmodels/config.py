@@ -1,10 +1,15 @@
 """Where the Hydra configs live and the helpers that turn config groups into objects."""
 
+import functools
 import logging
+import sys
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from seqmodels.errors import SeqModelsError
 
 log = logging.getLogger(__name__)
 
@@ -23,5 +28,32 @@ def instantiate_group(group: DictConfig | None) -> list:
     for name, entry in (group or {}).items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
             log.info("instantiating %s <%s>", name, entry._target_)
-            objects.append(instantiate(entry))
+            objects.append(build(entry))
     return objects
+
+
+def build(cfg: DictConfig, **kwargs):
+    """``hydra.utils.instantiate``, but our own errors come out as themselves, not wrapped."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, SeqModelsError):
+            raise cause from None
+        raise
+
+
+def exit_on_user_error(main):
+    """For CLI mains: a user's mistake (bad data, impossible config) is one clear line on
+    stderr and exit status 1, not a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except SeqModelsError as error:
+            log.error("%s: %s", type(error).__name__, error)
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

@@ -11,10 +11,9 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from seqmodels.config import config_dir, instantiate_group
+from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def load_model(ckpt_path: str | Path, expected_task: str | None = None, map_loca
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     model = load_model(cfg.ckpt_path, expected_task=datamodule.task)
     datamodule.set_vocabs(model.vocabs)
     datamodule.prepare_data()
@@ -51,7 +50,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'val']")
     datamodule.setup(stage)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, logger=loggers or False)
     run = trainer.test if stage == "test" else trainer.validate
     results = run(model, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -59,6 +58,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -6,10 +6,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from seqmodels.config import config_dir, instantiate_group
+from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.run_info import write_run_info
 
 log = logging.getLogger(__name__)
@@ -18,11 +17,12 @@ log = logging.getLogger(__name__)
 def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule first: the model's sizes come from its vocabularies (train split only)."""
     log.info("instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     log.info("instantiating model <%s>", cfg.model._target_)
-    model = instantiate(cfg.model, **datamodule.model_sizes())
+    # Plain containers, not DictConfig, so that checkpoints load with weights_only=True.
+    model = build(cfg.model, _convert_="all", **datamodule.model_sizes())
     model.vocabs = datamodule.vocabs
     return datamodule, model
 
@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule, model = build_data_and_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     write_run_info(cfg.paths.output_dir, cfg, datamodule.vocabs)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     # The value a sweeper optimises: the monitored validation metric.

@@ -7,7 +7,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from seqmodels.data.batching import Batch
-from seqmodels.data.vocab import PAD_ID
+from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.encoder import RNNEncoder
@@ -22,6 +22,8 @@ class SentimentClassifier(SequenceModule):
     :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``).
     :param pooling: ``final`` (the encoder's final states, directions combined), or ``max`` /
         ``mean`` over the real steps of the outputs.
+    :param word_dropout: in training, replace this share of tokens by ``<unk>`` (Iyyer et al.
+        2015): the model cannot lean on any single word and learns a useful ``<unk>`` vector.
     :param embedding_dropout: dropout on the word vectors; ``dropout``: before the classifier.
     :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
     """
@@ -35,6 +37,7 @@ class SentimentClassifier(SequenceModule):
         encoder: dict,
         embedding_dim: int = 300,
         pooling: str = "final",
+        word_dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
@@ -45,13 +48,15 @@ class SentimentClassifier(SequenceModule):
         super().__init__(optimizer, scheduler, scheduler_monitor)
         if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling={pooling!r} is not one of {list(POOLINGS)}")
-        for name, p in (("embedding_dropout", embedding_dropout), ("dropout", dropout)):
+        for name, p in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
+                        ("dropout", dropout)):
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.pooling = pooling
+        self.word_dropout = word_dropout
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
                                       sparse=sparse_embeddings)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
@@ -70,6 +75,9 @@ class SentimentClassifier(SequenceModule):
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(B, T) token ids and (B,) lengths -> (B, num_classes) logits."""
+        if self.training and self.word_dropout > 0:
+            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
+            tokens = tokens.masked_fill(dropped & (tokens != PAD_ID), UNK_ID)
         embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
         encoded = self.encoder(embedded, lengths)
         if self.pooling == "final":

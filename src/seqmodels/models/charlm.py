@@ -1,0 +1,346 @@
+"""Character language model: predict each next character; train with truncated BPTT; write
+new text one character at a time."""
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MinMetric
+
+from seqmodels.data.batching import Batch
+from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
+from seqmodels.errors import ConfigError
+from seqmodels.models.base import SequenceModule
+from seqmodels.models.encoder import RNNEncoder, State
+
+UNKNOWN_CHARS = ("error", "skip")
+SCHEDULER_INTERVALS = ("epoch", "step")
+CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+def detach_state(state: State | None) -> State | None:
+    """The same values, cut from the graph of the batch that produced them."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+class CharLanguageModel(SequenceModule):
+    """Embedding -> unidirectional encoder -> dropout -> linear over the characters.
+
+    :param vocab_size: read from the datamodule's character vocabulary.
+    :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``);
+        it must be unidirectional.
+    :param embedding_dropout, dropout: on the character vectors; on the top layer's outputs.
+    :param carry_state: TBPTT: start each training batch from the previous batch's final state
+        (detached), and each validation window from the previous window's. Reset at the start
+        of every training epoch and of every validation run. False: every batch starts at zero.
+    :param sample_every_n_steps: every this many optimizer steps, log a sample of
+        ``sample_num_chars`` characters after ``sample_prompt`` to TensorBoard (rank zero, when
+        a TensorBoard logger is configured); 0: never.
+    :param scheduler_interval: ``epoch``, or ``step`` for per-step schedules, which are then
+        given ``total_steps`` (e.g. ``OneCycleLR``).
+    """
+
+    task = "language_model"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder: dict,
+        embedding_dim: int = 64,
+        embedding_dropout: float = 0.0,
+        dropout: float = 0.0,
+        carry_state: bool = True,
+        sample_every_n_steps: int = 0,
+        sample_prompt: str = "\n",
+        sample_num_chars: int = 200,
+        sample_temperature: float = 0.8,
+        sample_top_k: int | None = None,
+        sample_seed: int = 0,
+        optimizer=None,
+        scheduler=None,
+        scheduler_monitor: str = "val/loss",
+        scheduler_interval: str = "epoch",
+    ):
+        super().__init__(optimizer, scheduler, scheduler_monitor)
+        if encoder.get("bidirectional", False):
+            raise ConfigError(
+                "model.encoder.bidirectional=true: a language model must not see the characters "
+                "it predicts, and a backward direction reads them; use a unidirectional encoder "
+                "(model/encoder=lstm, gru or rnn)"
+            )
+        for name, p in (("embedding_dropout", embedding_dropout), ("dropout", dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ConfigError(f"model.scheduler_interval={scheduler_interval!r} is not one of "
+                              f"{list(SCHEDULER_INTERVALS)}")
+        if sample_every_n_steps < 0:
+            raise ConfigError(f"model.sample_every_n_steps must be >= 0, got {sample_every_n_steps}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.carry_state = carry_state
+        self.scheduler_interval = scheduler_interval
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.encoder = RNNEncoder(input_size=embedding_dim, **encoder)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.encoder.get_output_dim(), vocab_size)
+
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_loss_best = MinMetric()
+        # The state carried from one window to the next, one per loop (validation may run in
+        # the middle of a training epoch without disturbing the training state).
+        self._states: dict[str, State | None] = {}
+        self._last_sample_step = -1
+
+    # -- model ---------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
+        """(B, T) character ids and an optional initial state -> (B, T, V) next-character
+        logits and the final state (exact: every row is full length)."""
+        lengths = torch.full((tokens.size(0),), tokens.size(1), dtype=torch.long)
+        embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
+        encoded = self.encoder(embedded, lengths, state)
+        return self.head(self.dropout(encoded.outputs)), encoded.state  # (B, T, V)
+
+    def _loss(self, batch: Batch, loop: str) -> Tensor:
+        """Mean cross-entropy in nats per character, carrying ``loop``'s state."""
+        state = self._states.get(loop) if self.carry_state else None
+        if state is not None and _batch_size(state) != len(batch):
+            state = None  # a batch of another shape cannot continue these tracks
+        logits, state = self(batch.tokens, state)
+        self._states[loop] = detach_state(state) if self.carry_state else None
+        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
+
+    # -- training and evaluation loops ---------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.hparams.sample_every_n_steps:
+            self.encode_prompt(self.hparams.sample_prompt, "skip")  # fail now, not mid-training
+
+    def on_train_start(self) -> None:
+        self.val_loss_best.reset()  # the sanity check's numbers are not a result
+
+    def on_train_epoch_start(self) -> None:
+        self._states["train"] = None  # epoch k+1 starts again at the tracks' beginnings
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._loss(batch, "train")
+        size = len(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self.log("train/bpc", loss / math.log(2), on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
+        self.train_loss.update(loss.detach(), weight=batch.targets.numel())
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_summary("train", self.train_loss, suffix="_epoch")
+
+    def on_validation_epoch_start(self) -> None:
+        self._states["val"] = None
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch, "val"), weight=batch.targets.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self._log_summary("val", self.val_loss, prog_bar=True)
+        self.val_loss_best(loss)
+        self.log("val/loss_best", self.val_loss_best.compute())
+
+    def on_test_epoch_start(self) -> None:
+        self._states["test"] = None
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.test_loss.update(self._loss(batch, "test"), weight=batch.targets.numel())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_summary("test", self.test_loss)
+
+    def _log_summary(self, split: str, mean_loss: MeanMetric, suffix: str = "",
+                     prog_bar: bool = False) -> Tensor:
+        """Loss, bits per character and perplexity of the mean loss (over every rank: the
+        metric syncs), then start the mean afresh."""
+        loss = mean_loss.compute()
+        mean_loss.reset()
+        self.log(f"{split}/loss{suffix}", loss, prog_bar=prog_bar)
+        self.log(f"{split}/bpc{suffix}", loss / math.log(2))
+        self.log(f"{split}/ppl{suffix}", loss.exp(), prog_bar=prog_bar)
+        return loss
+
+    def configure_optimizers(self):
+        if self.scheduler_factory is None or self.scheduler_interval == "epoch":
+            return super().configure_optimizers()
+        factory = self.optimizer_factory or torch.optim.Adam
+        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ConfigError("model.scheduler_interval=step needs a known number of steps: set "
+                              "trainer.max_epochs or trainer.max_steps")
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- samples in TensorBoard ----------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every, step = self.hparams.sample_every_n_steps, self.global_step
+        if not every or step == 0 or step % every or step == self._last_sample_step:
+            return
+        self._last_sample_step = step  # once per optimizer step, also when accumulating
+        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None or not self.trainer.is_global_zero:
+            return
+        prompt = self.hparams.sample_prompt
+        text = prompt + self.generate(prompt, self.hparams.sample_num_chars,
+                                      self.hparams.sample_temperature, self.hparams.sample_top_k,
+                                      seed=self.hparams.sample_seed, unknown_chars="skip")
+        # TensorBoard renders markdown: indenting every line keeps the line breaks.
+        board.experiment.add_text("sample", "\n".join("    " + line for line in text.split("\n")),
+                                  global_step=step)
+
+    # -- generation ----------------------------------------------------------------------
+    @property
+    def char_vocab(self) -> Vocab:
+        if "chars" not in self.vocabs:
+            raise ConfigError("this model has no character vocabulary: load it from a "
+                              "checkpoint, or set model.vocabs from the datamodule")
+        return self.vocabs["chars"]
+
+    def encode_prompt(self, prompt: str, unknown_chars: str = "error") -> list[int]:
+        """The prompt's character ids. Characters the model never saw in training are an error
+        naming them, or left out with ``unknown_chars=skip``."""
+        if unknown_chars not in UNKNOWN_CHARS:
+            raise ConfigError(f"unknown_chars={unknown_chars!r} is not one of {list(UNKNOWN_CHARS)}")
+        stoi = self.char_vocab.stoi
+        unknown = list(dict.fromkeys(ch for ch in prompt if ch not in stoi))
+        if unknown and unknown_chars == "error":
+            raise ConfigError(
+                f"the prompt has {len(unknown)} character(s) that the model never saw in "
+                f"training: {', '.join(repr(ch) for ch in unknown)}; remove them or pass "
+                "unknown_chars=skip to leave them out"
+            )
+        ids = [stoi[ch] for ch in prompt if ch in stoi]
+        if not ids:
+            raise ConfigError("the prompt has no character the model knows; give at least one "
+                              "(for example a newline)")
+        return ids
+
+    def stream(self, prompt: str, num_chars: int, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               unknown_chars: str = "error") -> Iterator[str]:
+        """The characters that follow ``prompt``, yielded one at a time as they are sampled.
+        The prompt is checked now, before the first character is asked for."""
+        ids = self.encode_prompt(prompt, unknown_chars)
+        _check_sampling(num_chars, temperature, top_k)
+        itos = self.char_vocab.itos
+        return (itos[i] for i in self.generate_ids(ids, num_chars, temperature, top_k, seed))
+
+    def generate(self, prompt: str, num_chars: int, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None,
+                 unknown_chars: str = "error") -> str:
+        """``num_chars`` characters that follow ``prompt`` (the prompt itself not included).
+        The same seed gives the same text; ``temperature=0`` picks the likeliest character."""
+        return "".join(self.stream(prompt, num_chars, temperature, top_k, seed, unknown_chars))
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: list[int], num_chars: int, temperature: float = 1.0,
+                     top_k: int | None = None, seed: int | None = None) -> Iterator[int]:
+        """Sampled character ids, one at a time. The prompt is read once; after that each
+        character costs one recurrent step, whatever the length of the text so far."""
+        was_training = self.training
+        self.eval()
+        try:
+            generator = torch.Generator(device=self.device)
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+            never = torch.zeros(self.head.out_features, device=self.device)
+            if self.char_vocab.has_specials:
+                never[[PAD_ID, UNK_ID]] = float("-inf")  # not characters: never written
+            stepper = RecurrentStepper(self)
+            logits = stepper.prime(prompt_ids)
+            for count in range(num_chars):
+                char_id = pick(logits + never, temperature, top_k, generator)
+                yield char_id
+                if count + 1 < num_chars:
+                    logits = stepper.step(char_id)
+        finally:
+            self.train(was_training)
+
+
+class RecurrentStepper:
+    """Runs a trained model one character at a time, keeping its recurrent state.
+
+    The prompt goes through the model's own ``forward`` in one call; after that each step calls
+    one torch cell per layer on a (1, E) input, which skips the encoder's per-call bookkeeping
+    (length checks, masks, state packing) that dominates at one step. The cells share the
+    encoder's weights, so the distribution is the model's (tested against full re-runs).
+    """
+
+    def __init__(self, model: CharLanguageModel):
+        encoder = model.encoder
+        self.model = model
+        self.lstm = encoder.cell == "lstm"
+        self.cells = [_cell_sharing_weights(directions[0]) for directions in encoder.layers]
+        self.state: list = []
+
+    def prime(self, prompt_ids: list[int]) -> Tensor:
+        """Read the prompt; return the (V,) logits of the character that follows it."""
+        tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)  # (1, T)
+        logits, state = self.model(tokens)  # (1, T, V)
+        # Torch layout (layers, 1, H) -> one (1, H) state (or (h, c) pair) per layer.
+        if self.lstm:
+            self.state = [(h, c) for h, c in zip(state[0], state[1])]
+        else:
+            self.state = list(state)
+        return logits[0, -1]
+
+    def step(self, char_id: int) -> Tensor:
+        """Feed one character; return the (V,) logits of the next."""
+        x = self.model.embedding.weight[char_id].unsqueeze(0)  # (1, E)
+        for index, cell in enumerate(self.cells):
+            self.state[index] = cell(x, self.state[index])
+            x = self.state[index][0] if self.lstm else self.state[index]  # (1, H)
+        return self.model.head(x)[0]  # (V,)
+
+
+def _cell_sharing_weights(rnn: nn.RNNBase) -> nn.RNNCellBase:
+    """A one-step cell (LSTMCell, GRUCell, RNNCell) over a one-layer torch RNN's parameters."""
+    kind = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[type(rnn).__name__]
+    extra = {"nonlinearity": rnn.nonlinearity} if kind == "rnn" else {}
+    with torch.device("meta"):  # no memory for weights that are replaced at once
+        cell = CELLS[kind](rnn.input_size, rnn.hidden_size, bias=rnn.bias, **extra)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        if hasattr(rnn, f"{name}_l0"):
+            setattr(cell, name, getattr(rnn, f"{name}_l0"))
+    return cell
+
+
+def pick(logits: Tensor, temperature: float, top_k: int | None,
+         generator: torch.Generator) -> int:
+    """One character id from (V,) logits: argmax at temperature 0, else a sample from the
+    softmax of ``logits / temperature`` over the ``top_k`` likeliest (all when None)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+
+
+def _check_sampling(num_chars: int, temperature: float, top_k: int | None) -> None:
+    if num_chars < 0:
+        raise ConfigError(f"num_chars must be >= 0, got {num_chars}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer or null, got {top_k}")
+
+
+def _batch_size(state: State) -> int:
+    return (state[0] if isinstance(state, tuple) else state).size(1)

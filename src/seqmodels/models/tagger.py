@@ -1,0 +1,349 @@
+"""Many-to-many: one tag per token (POS tagging, chunking, NER).
+
+Word embedding (+ a character-level vector per word) -> encoder -> dropout -> linear at every
+step -> cross-entropy over the real tokens only. The character features are the word+char
+setup of Plank et al. (2016): a small bidirectional RNN reads each word's characters, and its
+two final states are concatenated to the word's embedding. Rare and unseen words, where a
+word-only tagger has nothing but the ``<unk>`` vector to go on, are where they help.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassStatScores,
+)
+
+from seqmodels.data.batching import IGNORE_INDEX, Batch
+from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
+from seqmodels.errors import ConfigError
+from seqmodels.models.base import SequenceModule
+from seqmodels.models.encoder import RNNEncoder
+from seqmodels.models.span_metrics import SpanF1, check_scheme, precision_recall_f1
+
+log = logging.getLogger(__name__)
+
+
+# -- character features ------------------------------------------------------------------------
+class CharWordEncoder(nn.Module):
+    """Each word's characters -> one vector: the final states of a bidirectional RNN over them.
+
+    The RNN runs once per distinct spelling in the batch (a batch repeats "the", "," and "." many
+    times), and never over padded steps.
+    """
+
+    def __init__(self, num_chars: int, embedding_dim: int = 30, hidden_size: int = 50,
+                 cell: str = "lstm"):
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, embedding_dim, padding_idx=PAD_ID)
+        self.encoder = RNNEncoder(embedding_dim, hidden_size, cell=cell, bidirectional=True)
+
+    def get_output_dim(self) -> int:
+        return self.encoder.get_output_dim()
+
+    def forward(self, chars: Tensor, mask: Tensor) -> Tensor:
+        """:param chars: (B, T, W) character ids, ``PAD_ID`` after each word's end.
+        :param mask: (B, T) true at real tokens.
+        :return: (B, T, output_dim), zero at padded steps."""
+        words = chars[mask]  # (N, W): the real tokens
+        spellings, which = torch.unique(words, dim=0, return_inverse=True)  # (U, W), (N,)
+        lengths = (spellings != PAD_ID).sum(dim=1).clamp(min=1)  # (U,); clamp: an empty FORM
+        spellings = spellings[:, : int(lengths.max())]
+        vectors = self.encoder(self.embedding(spellings), lengths.cpu()).final  # (U, D)
+        out = vectors.new_zeros(*mask.shape, vectors.size(1))  # (B, T, D)
+        out[mask] = vectors[which]
+        return out
+
+
+# -- pretrained word vectors -------------------------------------------------------------------
+def read_word_vectors(path: str | Path, vocab: Vocab, dim: int) -> tuple[Tensor, Tensor]:
+    """Vectors for the words of ``vocab`` from a GloVe or word2vec text file.
+
+    A word is looked up as it is, then lower-cased (GloVe files are lower-case).
+    :return: (V, dim) vectors and a (V,) bool mask of the words found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.embeddings.path={str(path)!r}: no such file")
+    exact: dict[str, int] = {}
+    lowered: dict[str, list[int]] = {}  # lower-cased form -> ids that may fall back to it
+    for index, word in enumerate(vocab.itos):
+        if index not in (PAD_ID, UNK_ID):
+            exact[word] = index
+            lowered.setdefault(word.lower(), []).append(index)
+    vectors = torch.zeros(len(vocab), dim)
+    found = torch.zeros(len(vocab), dtype=torch.bool)
+    found_exact = torch.zeros(len(vocab), dtype=torch.bool)
+    first_vector = True
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.rstrip().split(" ")
+            if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                if int(parts[1]) != dim:
+                    raise _dim_error(path, int(parts[1]), dim)
+                continue  # the word2vec header: "count dim"
+            if first_vector:  # the vector size shows on the first line that has one
+                if len(parts) != dim + 1:
+                    raise _dim_error(path, len(parts) - 1, dim)
+                first_vector = False
+            if len(parts) < dim + 1:
+                continue
+            word = " ".join(parts[:-dim])  # some GloVe files have words with spaces
+            if word not in exact and word not in lowered:
+                continue
+            vector = torch.tensor([float(v) for v in parts[-dim:]])
+            if word in exact:
+                index = exact[word]
+                vectors[index], found[index], found_exact[index] = vector, True, True
+            for index in lowered.get(word, []):
+                if not found_exact[index]:  # a word's own casing wins over its lower-case form
+                    vectors[index], found[index] = vector, True
+    return vectors, found
+
+
+def _dim_error(path: Path, file_dim: int, dim: int) -> ConfigError:
+    return ConfigError(f"{path} has {file_dim}-dimensional vectors but model.embedding_dim={dim}; "
+                       f"set model.embedding_dim={file_dim}")
+
+
+# -- metrics -----------------------------------------------------------------------------------
+class SubsetAccuracy(Metric):
+    """Accuracy over the tokens a mask selects (here: out-of-vocabulary tokens)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, targets: Tensor, selected: Tensor) -> None:
+        self.correct += (preds[selected] == targets[selected]).sum()
+        self.total += selected.sum()
+
+    def compute(self) -> Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
+
+
+def tag_report(tags: Sequence[str], stats: Tensor) -> tuple[list[dict], str]:
+    """Per-tag precision/recall/F1 from (num_tags, 5) stat scores (tp, fp, tn, fn, support):
+    the rows (most frequent tag first) and a text table."""
+    rows = []
+    for tag, (tp, fp, _, fn, support) in zip(tags, stats.tolist()):
+        precision, recall, f1 = precision_recall_f1(tp, tp + fp, tp + fn)
+        rows.append({"tag": tag, "precision": precision, "recall": recall, "f1": f1,
+                     "support": support})
+    rows.sort(key=lambda r: (-r["support"], r["tag"]))
+    width = max(len("tag"), *(len(t) for t in tags))
+    lines = [f"{'tag':<{width}}  precision  recall      f1  support"]
+    lines += [f"{r['tag']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  "
+              f"{r['support']:7d}" for r in rows]
+    return rows, "\n".join(lines)
+
+
+# -- the module --------------------------------------------------------------------------------
+class SequenceTagger(SequenceModule):
+    """Embedding (+ char features) -> encoder -> dropout -> linear per step -> softmax.
+
+    :param vocab_size, num_chars, tags: read from the datamodule's vocabularies.
+    :param encoder: keyword arguments of ``RNNEncoder`` (its input size is the word vector size
+        plus the character feature size).
+    :param embedding_dim: word vector size.
+    :param embeddings: optional pretrained word vectors: ``path`` (a GloVe or word2vec text
+        file; null: none) and ``freeze``. Words missing from the file keep their random start.
+    :param chars: character features (``embedding_dim``, ``hidden_size``, ``cell`` of the
+        char RNN), or null for words only.
+    :param word_dropout: in training, replace this share of word ids with ``<unk>`` so that the
+        ``<unk>`` vector (and the char features behind it) learn to tag unseen words.
+    :param embedding_dropout: dropout on the word (+ char) vectors; ``dropout``: before the
+        output layer.
+    :param span_scheme: ``bio`` or ``bioes`` adds span precision/recall/F1 (chunking, NER);
+        null for tag sets without spans (POS).
+
+    Metrics skip padding: ``acc`` (token accuracy), ``f1`` (macro over tags) and ``oov_acc``:
+    accuracy on tokens whose word is not in the word vocabulary (id ``<unk>``). With the default
+    ``data.min_freq=1`` those are exactly the tokens never seen in training.
+    """
+
+    task = "tagging"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_chars: int,
+        tags: Sequence[str],
+        encoder: dict,
+        embedding_dim: int = 100,
+        embeddings: dict | None = None,
+        chars: dict | None = None,
+        word_dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        dropout: float = 0.5,
+        span_scheme: str | None = None,
+        optimizer=None,
+        scheduler=None,
+        scheduler_monitor: str = "val/loss",
+    ):
+        super().__init__(optimizer, scheduler, scheduler_monitor)
+        for name, p in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
+                        ("dropout", dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
+        tags = list(tags)
+        if len(tags) < 2:
+            raise ConfigError(f"a tagger needs at least 2 tags, the training data has {tags}")
+        if span_scheme is not None:
+            check_scheme(tags, span_scheme)
+        embeddings = dict(embeddings or {})
+        if embeddings.get("freeze") and not embeddings.get("path"):
+            raise ConfigError("model.embeddings.freeze=true needs model.embeddings.path: frozen "
+                              "random vectors cannot learn anything")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.tags = tags
+        self.word_dropout = word_dropout
+        self.pretrained_path = embeddings.get("path")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.embedding.weight.requires_grad = not embeddings.get("freeze", False)
+        self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
+        char_dim = 0 if self.char_encoder is None else self.char_encoder.get_output_dim()
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.encoder = RNNEncoder(input_size=embedding_dim + char_dim, **encoder)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(self.encoder.get_output_dim(), len(tags))
+
+        num_tags = len(tags)
+        metrics = {
+            "acc": MulticlassAccuracy(num_tags, average="micro", ignore_index=IGNORE_INDEX),
+            "f1": MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX),
+        }
+        if span_scheme is not None:
+            metrics["span"] = SpanF1(tags, span_scheme)
+        metrics = MetricCollection(metrics, compute_groups=False)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_oov, self.test_oov = SubsetAccuracy(), SubsetAccuracy()
+        self.test_tag_stats = MulticlassStatScores(num_tags, average=None,
+                                                   ignore_index=IGNORE_INDEX)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.test_report: list[dict] = []  # per-tag rows of the last test run
+
+    # -- the network --------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
+        """(B, T) word ids, (B,) lengths and (B, T, W) char ids -> (B, T, num_tags) logits."""
+        mask = tokens != PAD_ID  # (B, T)
+        if self.training and self.word_dropout > 0:
+            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
+            tokens = tokens.masked_fill(dropped & mask, UNK_ID)
+        vectors = self.embedding(tokens)  # (B, T, E)
+        if self.char_encoder is not None:
+            if chars is None:
+                raise ValueError("this tagger uses character features: pass the batch's chars")
+            vectors = torch.cat([vectors, self.char_encoder(chars, mask)], dim=2)  # (B, T, E+C)
+        encoded = self.encoder(self.embedding_dropout(vectors), lengths).outputs  # (B, T, H)
+        return self.output(self.dropout(encoded))
+
+    def setup(self, stage: str) -> None:
+        # Pretrained vectors need the word vocabulary, which the model receives after it is
+        # built; a resumed run's checkpoint is restored after this and overwrites them.
+        if stage == "fit" and self.pretrained_path:
+            self.load_pretrained(self.pretrained_path)
+
+    def load_pretrained(self, path: str | Path) -> None:
+        vocab = self.vocabs.get("tokens")
+        if vocab is None or len(vocab) != self.embedding.num_embeddings:
+            raise ConfigError("pretrained vectors need the word vocabulary the model was sized "
+                              "with (model.vocabs['tokens'])")
+        vectors, found = read_word_vectors(path, vocab, self.embedding.embedding_dim)
+        with torch.no_grad():
+            self.embedding.weight[found] = vectors[found].to(self.embedding.weight)
+        words = len(vocab) - 2
+        share = int(found.sum()) / max(words, 1)
+        log.info("pretrained vectors from %s: %d of %d vocabulary words found (%.1f%%); the "
+                 "others start random", path, int(found.sum()), words, 100 * share)
+
+    # -- steps --------------------------------------------------------------------------------
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self(batch.tokens, batch.lengths, batch.chars)  # (B, T, C)
+        # Mean over the real tokens: padding targets are IGNORE_INDEX.
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(),
+                               ignore_index=IGNORE_INDEX)
+        return loss, logits
+
+    @staticmethod
+    def _num_tokens(batch: Batch) -> int:
+        return int(batch.lengths.sum())
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check's numbers are not a result
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=len(batch))
+        self.train_loss(loss, weight=self._num_tokens(batch))
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: Batch, loss_metric: MeanMetric, metrics: MetricCollection,
+                  oov: SubsetAccuracy) -> Tensor:
+        loss, logits = self._step(batch)
+        preds = logits.argmax(dim=2)  # (B, T)
+        loss_metric(loss, weight=self._num_tokens(batch))
+        metrics.update(preds, batch.targets)
+        oov.update(preds, batch.targets, batch.tokens == UNK_ID)
+        return preds
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_metrics, self.val_oov)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_metrics(self.val_metrics, self.val_oov, "val/")
+        self.val_acc_best(values["val/acc"])
+        self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        preds = self._evaluate(batch, self.test_loss, self.test_metrics, self.test_oov)
+        self.test_tag_stats(preds, batch.targets)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, self.test_oov, "test/")
+        self.test_report, table = tag_report(self.tags, self.test_tag_stats.compute())
+        self.test_tag_stats.reset()
+        self._publish_report(table)
+
+    def _log_metrics(self, metrics: MetricCollection, oov: SubsetAccuracy,
+                     prefix: str) -> dict[str, Tensor]:
+        """Log the epoch's metrics (computed once, synced across ranks) and reset them."""
+        values = metrics.compute()  # {"val/acc": ..., "val/f1": ..., "val/span_f1": ...}
+        if int(oov.total) > 0:  # no unseen word in the split: no OOV accuracy to report
+            values[prefix + "oov_acc"] = oov.compute()
+        self.log_dict(values, prog_bar=prefix == "val/")
+        metrics.reset()
+        oov.reset()
+        return values
+
+    @rank_zero_only
+    def _publish_report(self, table: str) -> None:
+        log.info("per-tag results on the test split:\n%s", table)
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_text"):  # TensorBoard: markdown code block
+                text = "    " + table.replace("\n", "\n    ")
+                logger.experiment.add_text("test/per_tag", text, self.global_step)
+
+    @torch.no_grad()
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[list[str]]:
+        """Tag names per sentence, padding dropped."""
+        preds = self(batch.tokens, batch.lengths, batch.chars).argmax(dim=2)
+        return [[self.tags[i] for i in row[:n].tolist()]
+                for row, n in zip(preds, batch.lengths.tolist())]

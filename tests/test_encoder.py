@@ -1,0 +1,172 @@
+"""The shared encoder against references: the Elman equations by hand, torch's own multi-layer
+RNN modules, and each sequence run alone (padding must never change a result)."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from seqmodels.errors import ConfigError
+from seqmodels.models.encoder import RNNEncoder, reverse_within_length
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def test_elman_outputs_follow_the_equations_by_hand():
+    encoder = RNNEncoder(4, 3, cell="rnn").eval()
+    rnn = encoder.layers[0][0]
+    W, U = rnn.weight_ih_l0, rnn.weight_hh_l0
+    b = rnn.bias_ih_l0 + rnn.bias_hh_l0
+    x = torch.randn(2, 5, 4)
+    out = encoder(x, torch.tensor([5, 5]))
+    h = torch.zeros(2, 3)
+    for t in range(5):
+        h = torch.tanh(x[:, t] @ W.T + h @ U.T + b)  # h_t = tanh(W x_t + U h_{t-1} + b)
+        torch.testing.assert_close(out.outputs[:, t], h)
+    torch.testing.assert_close(out.final, h)
+
+
+def test_relu_elman_uses_relu():
+    encoder = RNNEncoder(4, 3, cell="rnn", nonlinearity="relu").eval()
+    rnn = encoder.layers[0][0]
+    x = torch.randn(1, 1, 4)
+    expected = torch.relu(x[0, 0] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0)
+    torch.testing.assert_close(encoder(x, torch.tensor([1])).final[0], expected)
+
+
+def test_parameter_count_matches_the_textbook_formula():
+    # Embedding(62, 100) + RNN(100 -> 128) + Linear(128 -> 2):
+    # 62*100 + (100*128 + 128*128 + 2*128) + (128*2 + 2) = 6,200 + 29,440 + 258 = 35,898
+    # (torch keeps two bias vectors per cell: b_ih and b_hh).
+    model = nn.ModuleList([nn.Embedding(62, 100), RNNEncoder(100, 128, cell="rnn"), nn.Linear(128, 2)])
+    counts = [sum(p.numel() for p in m.parameters()) for m in model]
+    assert counts == [6_200, 29_440, 258]
+    assert sum(counts) == 35_898
+
+
+def _copy_into_torch_rnn(encoder: RNNEncoder) -> nn.RNNBase:
+    """A torch multi-layer (bi)directional RNN holding the encoder's weights."""
+    reference = CELLS[encoder.cell](
+        encoder.input_size, encoder.hidden_size, num_layers=encoder.num_layers,
+        bidirectional=encoder.is_bidirectional(), batch_first=True,
+    )
+    with torch.no_grad():
+        for layer, directions in enumerate(encoder.layers):
+            for direction, rnn in enumerate(directions):
+                suffix = "_reverse" if direction else ""
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(reference, f"{name}_l{layer}{suffix}").copy_(getattr(rnn, f"{name}_l0"))
+    return reference.eval()
+
+
+def _merge(forward, backward, combine):
+    return {"concat": torch.cat([forward, backward], -1), "sum": forward + backward,
+            "mul": forward * backward}[combine]
+
+
+# combine only applies where there are two directions to merge
+SETTINGS = [
+    (cell, layers, bidirectional, combine, strategy)
+    for cell, layers, bidirectional, combine, strategy in itertools.product(
+        ["rnn", "lstm", "gru"], [1, 2], [False, True], ["concat", "sum", "mul"],
+        ["padded", "packed"])
+    if bidirectional or combine == "concat"
+]
+
+
+@pytest.mark.parametrize("cell,layers,bidirectional,combine,strategy", SETTINGS)
+def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirectional, combine,
+                                                            strategy):
+    encoder = RNNEncoder(6, 5, cell=cell, num_layers=layers, bidirectional=bidirectional,
+                         combine=combine, variable_length=strategy).eval()
+    reference = _copy_into_torch_rnn(encoder)
+    lengths = torch.tensor([3, 7, 1, 5])  # unsorted, with a length-1 row
+    x = torch.randn(4, 7, 6)
+    x[torch.arange(7) >= lengths.unsqueeze(1)] = 99.0  # padding that would show if it leaked
+    out = encoder(x, lengths)
+    assert out.outputs.shape == (4, 7, encoder.get_output_dim())
+    for i, length in enumerate(lengths.tolist()):
+        alone = encoder(x[i : i + 1, :length], torch.tensor([length]))
+        ref_out, ref_state = reference(x[i : i + 1, :length])
+        ref_h = ref_state[0] if cell == "lstm" else ref_state  # (layers * dirs, 1, H)
+        if bidirectional:
+            H = encoder.hidden_size
+            ref_out = _merge(ref_out[..., :H], ref_out[..., H:], combine)
+            ref_final = _merge(ref_h[-2], ref_h[-1], combine)
+        else:
+            ref_final = ref_h[-1]
+        torch.testing.assert_close(out.outputs[i, :length], ref_out[0])
+        torch.testing.assert_close(out.outputs[i, :length], alone.outputs[0])
+        assert torch.all(out.outputs[i, length:] == 0)
+        torch.testing.assert_close(out.final[i], ref_final[0])
+        torch.testing.assert_close(out.final[i], alone.final[0])
+        torch.testing.assert_close(out.final_hidden[:, :, i].flatten(0, 1), ref_h[:, 0])
+        if strategy == "packed" and cell == "lstm":
+            torch.testing.assert_close(out.state[1][:, i], ref_state[1][:, 0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_strategies_agree_in_gradients(cell):
+    torch.manual_seed(1)
+    padded = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True)
+    packed = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True, variable_length="packed")
+    packed.load_state_dict(padded.state_dict())
+    x, lengths = torch.randn(3, 6, 4), torch.tensor([6, 2, 4])
+    for encoder in (padded, packed):
+        encoder.eval()
+        encoder.zero_grad()
+        encoder(x, lengths).final.sum().backward()
+    for (name, a), (_, b) in zip(padded.named_parameters(), packed.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_state_carries_across_calls_like_one_long_call():
+    encoder = RNNEncoder(4, 3, cell="lstm", num_layers=2).eval()
+    x = torch.randn(2, 8, 4)
+    whole = encoder(x, torch.tensor([8, 8]))
+    first = encoder(x[:, :5], torch.tensor([5, 5]))
+    second = encoder(x[:, 5:], torch.tensor([3, 3]), state=first.state)
+    torch.testing.assert_close(torch.cat([first.outputs, second.outputs], 1), whole.outputs)
+    torch.testing.assert_close(second.state[1], whole.state[1])
+
+
+def test_reverse_within_length_keeps_padding_in_place():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]).unsqueeze(2)
+    out = reverse_within_length(x, torch.tensor([3, 2])).squeeze(2)
+    assert out.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
+
+
+def test_output_dim_accounts_for_the_direction_merge():
+    assert RNNEncoder(3, 8, bidirectional=True, combine="concat").get_output_dim() == 16
+    assert RNNEncoder(3, 8, bidirectional=True, combine="sum").output_dim == 8
+    assert RNNEncoder(3, 8, bidirectional=True, combine="mul").output_dim == 8
+    assert RNNEncoder(3, 8).output_dim == 8
+
+
+@pytest.mark.parametrize("options,field", [
+    ({"cell": "xyz"}, "cell"),
+    ({"combine": "xyz"}, "combine"),
+    ({"hidden_size": 0}, "hidden_size"),
+    ({"num_layers": 0}, "num_layers"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"dropout": -0.1}, "dropout"),
+    ({"nonlinearity": "sigmoid"}, "nonlinearity"),
+    ({"variable_length": "xyz"}, "variable_length"),
+])
+def test_invalid_options_are_refused_by_name(options, field):
+    with pytest.raises(ConfigError, match=f"model.encoder.{field}"):
+        RNNEncoder(**{"input_size": 3, "hidden_size": 4, **options})
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="no effect with num_layers=1"):
+        RNNEncoder(3, 4, dropout=0.3)
+
+
+def test_bad_lengths_are_refused():
+    encoder = RNNEncoder(3, 4)
+    with pytest.raises(ValueError, match="every length"):
+        encoder(torch.randn(2, 4, 3), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="every length"):
+        encoder(torch.randn(2, 4, 3), torch.tensor([5, 4]))
