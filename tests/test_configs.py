@@ -23,7 +23,8 @@ GROUP_CHOICES = [
 
 
 def tiny_classification_files(tmp_path: Path) -> list[str]:
-    train = write_lines(tmp_path / "train.txt", ["1 good fun", "0 bad dull", "1 nice", "0 awful"] * 4)
+    lines = ["1 good fun", "0 bad dull", "1 nice", "0 awful"] * 4
+    train = write_lines(tmp_path / "train.txt", lines)
     return [f"data.train_path={train}", f"data.val_path={train}", f"data.test_path={train}"]
 
 

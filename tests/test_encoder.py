@@ -39,7 +39,7 @@ def test_parameter_count_matches_the_textbook_formula():
     # Embedding(62, 100) + RNN(100 -> 128) + Linear(128 -> 2):
     # 62*100 + (100*128 + 128*128 + 2*128) + (128*2 + 2) = 6,200 + 29,440 + 258 = 35,898
     # (torch keeps two bias vectors per cell: b_ih and b_hh).
-    model = nn.ModuleList([nn.Embedding(62, 100), RNNEncoder(100, 128, cell="rnn"), nn.Linear(128, 2)])
+    model = [nn.Embedding(62, 100), RNNEncoder(100, 128, cell="rnn"), nn.Linear(128, 2)]
     counts = [sum(p.numel() for p in m.parameters()) for m in model]
     assert counts == [6_200, 29_440, 258]
     assert sum(counts) == 35_898

@@ -1,0 +1,53 @@
+# seqmodels: `make help` lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build of torch; override for a CUDA machine, e.g. `make install TORCH=torch`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+ARGS ?=
+
+# A copy of the datasets beside this checkout (as in this project's own runs and CI) is used
+# when present; otherwise data goes to ./data and is downloaded there.
+ifneq ($(wildcard ../shared/data),)
+export SEQMODELS_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: help install train test test-all lint format tensorboard bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed ## Create .venv and install seqmodels with its dev tools
+
+train: install ## Train the default experiment (SST-2 BiLSTM); extra overrides: ARGS="..."
+	$(BIN)/seqmodels-train experiment=sst2_bilstm $(ARGS)
+
+test: install ## Run the test suite (without slow tests)
+	$(BIN)/pytest -m "not slow" -q $(ARGS)
+
+test-all: install ## Run every test, slow ones included
+	$(BIN)/pytest -q $(ARGS)
+
+lint: install ## Check style with ruff
+	$(BIN)/ruff check src tests scripts
+
+format: install ## Format and fix what ruff can
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
+
+tensorboard: install ## Watch every run under logs/ in TensorBoard
+	$(BIN)/tensorboard --logdir logs --bind_all
+
+bench: install ## Run the benchmarks and rewrite docs/benchmarks.md
+	$(BIN)/python scripts/benchmark.py $(ARGS)
+
+clean: ## Remove caches (keeps .venv and logs)
+	rm -rf .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

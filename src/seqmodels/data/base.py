@@ -1,0 +1,188 @@
+"""What every sequence datamodule shares: vocabularies built from train only, length-aware
+batching, and data-directory handling. A task's datamodule says how to read a file, how to
+build its vocabularies and how to encode and collate examples."""
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from seqmodels.data.batching import Batch, LengthBatchSampler
+from seqmodels.data.download import ensure_dataset
+from seqmodels.data.vocab import Vocab
+from seqmodels.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: Sequence):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """:param train_path, val_path, test_path: the split files.
+    :param dataset: a dataset known by name (``sst2``, ``ud_ewt``) to fetch into ``data_dir``
+        when its files are missing; None for a user's own files.
+    :param batch_size: examples per training batch (per device under DDP).
+    :param eval_batch_size: examples per validation/test batch; defaults to ``batch_size``.
+    :param bucketing: group examples of similar length into batches (less padding).
+    :param max_length: longest sequence kept; longer ones are truncated (``on_long=truncate``,
+        counted in the log) or refused (``on_long=error``).
+    """
+
+    task: str  # matches the task of the models that read this data
+    collate_fn: Callable
+
+    def __init__(
+        self,
+        train_path: str | None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        bucketing: bool = True,
+        max_length: int | None = None,
+        on_long: str = "truncate",
+        encoding_errors: str = "strict",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be positive, got {batch_size}")
+        if on_long not in ("truncate", "error"):
+            raise DataError(f"data.on_long={on_long!r} is not one of ['truncate', 'error']")
+        self.paths = {"train": train_path, "val": val_path, "test": test_path}
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.download = download
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.bucketing = bucketing
+        self.max_length = max_length
+        self.on_long = on_long
+        self.encoding_errors = encoding_errors
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.vocabs: dict[str, Vocab] | None = None
+        self.splits: dict[str, ListDataset] = {}
+
+    # -- what a task defines -------------------------------------------------------------
+    def read(self, path: Path) -> list:
+        raise NotImplementedError
+
+    def build_vocabs(self, train: list) -> dict[str, Vocab]:
+        raise NotImplementedError
+
+    def encode(self, examples: list, path: Path) -> list:
+        raise NotImplementedError
+
+    def model_sizes(self) -> dict[str, int]:
+        """Keyword arguments that size the model, read from the vocabularies."""
+        raise NotImplementedError
+
+    @staticmethod
+    def length_of(item) -> int:
+        return len(item[0])
+
+    # -- shared machinery ----------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Fetch a named dataset when one of the configured files is missing."""
+        configured = [Path(p) for p in self.paths.values() if p is not None]
+        if self.dataset is not None and not all(p.is_file() for p in configured):
+            ensure_dataset(self.dataset, self.data_dir, download=self.download)
+
+    def set_vocabs(self, vocabs: dict[str, Vocab]) -> None:
+        """Use a trained model's vocabularies instead of building them from train."""
+        self.vocabs = vocabs
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocabs is None:
+            self.vocabs = self.build_vocabs(self.read_split("train"))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage, ("train", "val", "test")
+        )
+        for split in wanted:
+            if split not in self.splits and self.split_path(split) is not None:
+                path = self.split_path(split)
+                self.splits[split] = ListDataset(self.encode(self.read_split(split), path))
+
+    def split_path(self, split: str) -> Path | None:
+        path = self.paths[split]
+        return None if path is None else Path(path)
+
+    def read_split(self, split: str) -> list:
+        path = self.split_path(split)
+        if path is None:
+            raise DataError(f"no {split} file configured (data.{split}_path)")
+        examples = self.read(path)
+        if not examples:
+            raise DataError(f"no examples in the {split} split", path)
+        return examples
+
+    def truncate(self, sequences: list, path: Path) -> list:
+        """Apply ``max_length`` to a list of (tokens, ...) examples."""
+        if self.max_length is None:
+            return sequences
+        long = [i for i, ex in enumerate(sequences) if len(ex[0]) > self.max_length]
+        if long and self.on_long == "error":
+            raise DataError(
+                f"{len(long)} sequences are longer than data.max_length={self.max_length} "
+                f"(example {long[0] + 1} has {len(sequences[long[0]][0])}); raise max_length or "
+                "set data.on_long=truncate",
+                path,
+            )
+        if long:
+            log.warning("%s: truncated %d sequences to %d tokens", path, len(long), self.max_length)
+        return [tuple(part[: self.max_length] if isinstance(part, list) else part for part in ex)
+                for ex in sequences]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.splits:
+            raise DataError(f"the {split} split is not set up (data.{split}_path is missing)")
+        data = self.splits[split]
+        sampler = LengthBatchSampler(
+            [self.length_of(item) for item in data.items],
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            bucketing=self.bucketing,
+            even_shards=train,
+            seed=self.seed,
+        )
+        return DataLoader(
+            data,
+            batch_sampler=sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Batch.to leaves lengths on the CPU, where packing wants them (no device sync).
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=device.type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,140 @@
+"""Turning examples into padded batches, and choosing which examples share a batch.
+
+The batch contract: ``tokens`` (B, T) int64 right-padded with ``PAD_ID``; ``lengths`` (B,)
+int64 on the CPU (packing needs them there, so they never move to an accelerator);
+``targets``: (B,) class ids for sentence tasks, (B, T) with ``IGNORE_INDEX`` at padding for
+token tasks; ``chars`` (B, T, W) for taggers with character features.
+"""
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from seqmodels.data.vocab import PAD_ID
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    tokens: Tensor
+    lengths: Tensor
+    targets: Tensor | None = None
+    chars: Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(move(self.tokens), self.lengths, move(self.targets), move(self.chars))
+
+    def pin_memory(self) -> "Batch":
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return Batch(pin(self.tokens), self.lengths, pin(self.targets), pin(self.chars))
+
+    def __len__(self) -> int:
+        return self.tokens.size(0)
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists into (B, T) and return it with the lengths (B,)."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    longest = max((len(s) for s in sequences), default=0)
+    out = torch.full((len(sequences), longest), value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+    return out, lengths
+
+
+def collate_classification(examples: Sequence[tuple[list[int], int]]) -> Batch:
+    tokens, lengths = pad([ids for ids, _ in examples])
+    return Batch(tokens, lengths, torch.tensor([label for _, label in examples], dtype=torch.long))
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class LengthBatchSampler(Sampler[list[int]]):
+    """Batches of indices, optionally grouped by similar length, sharded across DDP ranks.
+
+    With ``bucketing``, indices are shuffled, cut into pools of ``pool_batches`` batches, each
+    pool sorted by length and cut into batches, and the batches shuffled: little padding, yet a
+    different grouping every epoch. Without it, plain (shuffled or ordered) batches.
+
+    Under DDP each rank takes every ``world_size``-th batch. For training (``drop_last=False``
+    and ``even_shards=True``) the batch list is topped up by repeating its first batches so
+    every rank steps the same number of times; for evaluation (``even_shards=False``) shards may
+    differ by one batch and no example is counted twice.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        bucketing: bool = True,
+        drop_last: bool = False,
+        even_shards: bool = True,
+        seed: int = 0,
+        pool_batches: int = 50,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucketing = bucketing
+        self.drop_last = drop_last
+        self.even_shards = even_shards
+        self.seed = seed
+        self.pool_batches = pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        if self.bucketing:
+            pool = self.batch_size * self.pool_batches
+            order = [
+                i
+                for start in range(0, len(order), pool)
+                for i in sorted(order[start : start + pool], key=self.lengths.__getitem__)
+            ]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and self.bucketing:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, world = distributed_rank_and_size()
+        batches = self._all_batches()
+        if world > 1 and self.even_shards and batches:
+            total = math.ceil(len(batches) / world) * world
+            batches += batches[: total - len(batches)]
+        return iter(batches[rank::world])
+
+    def __len__(self) -> int:
+        rank, world = distributed_rank_and_size()
+        count = len(self.lengths) // self.batch_size
+        if not self.drop_last and len(self.lengths) % self.batch_size:
+            count += 1
+        if self.even_shards:
+            return math.ceil(count / world)
+        return len(range(rank, count, world))
