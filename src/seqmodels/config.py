@@ -2,11 +2,13 @@
 
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from seqmodels.errors import SeqModelsError
@@ -45,7 +47,7 @@ def build(cfg: DictConfig, **kwargs):
 
 def exit_on_user_error(main):
     """For CLI mains: a user's mistake (bad data, impossible config) is one clear line on
-    stderr and exit status 1, not a traceback."""
+    stderr and exit status 1, not a traceback; a run stopped by SIGTERM exits with 143."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -55,5 +57,8 @@ def exit_on_user_error(main):
             log.error("%s: %s", type(error).__name__, error)
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
+        except SIGTERMException:
+            # Lightning's SIGTERM exit carries no status; a terminated run is not a success.
+            sys.exit(128 + signal.SIGTERM)
 
     return wrapper

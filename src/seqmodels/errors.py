@@ -19,3 +19,7 @@ class DataError(SeqModelsError):
 
 class ConfigError(SeqModelsError):
     """A configuration value is invalid or a combination of values is impossible."""
+
+
+class TrainingError(SeqModelsError):
+    """Training cannot usefully go on (for example the loss is no longer a finite number)."""

@@ -1,0 +1,86 @@
+"""A run fails early and clearly, and loses no work: non-finite losses stop it with the last
+good checkpoint kept; a real SIGINT/SIGTERM writes a checkpoint that a new run resumes from."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmodels.errors import TrainingError
+from seqmodels.train import train
+from tests.conftest import ROOT, compose_config, write_lines
+
+
+def tiny_files(tmp_path: Path, n: int = 60) -> list[str]:
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "fun", "dull"]
+    lines = [f"{rng.randint(0, 1)} " + " ".join(rng.choices(words, k=rng.randint(1, 6)))
+             for _ in range(n)]
+    train_file = write_lines(tmp_path / "data" / "train.txt", lines)
+    return ["data=text_classification", f"data.train_path={train_file}",
+            f"data.val_path={train_file}", "data.batch_size=8", "model.embedding_dim=8",
+            "model.encoder.hidden_size=8", "callbacks.rich_progress_bar=null",
+            "callbacks.model_summary=null", "logger=csv"]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from seqmodels.models.sentiment import SentimentClassifier
+
+    original = SentimentClassifier.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch == 1 and batch_idx == 2 else loss
+
+    monkeypatch.setattr(SentimentClassifier, "training_step", poisoned)
+    cfg = compose_config(tmp_path, [*tiny_files(tmp_path), "trainer.max_epochs=5"])
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1"):
+        train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    saved = sorted(checkpoints.glob("*.ckpt"))
+    assert saved, "the epoch-0 checkpoint must survive"
+    for path in saved:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state["epoch"] == 0
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_writes_a_checkpoint_and_the_run_resumes_from_it(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "seqmodels.train", *tiny_files(tmp_path, n=400),
+            "trainer.max_epochs=10000", "callbacks.early_stopping=null", "test=false",
+            f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    # Wait for the first epoch's checkpoint, so the run is really training.
+    while time.monotonic() < deadline and not last.exists():
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.2)
+    time.sleep(0.5)
+    first_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert "interrupted: checkpoint written" in output, output[-3000:]
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] > first_step  # written at the interruption, not an epoch end
+    assert process.returncode != 0  # an interrupted run does not report success
+
+    resumed_dir = tmp_path / "resumed"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "seqmodels.train", *tiny_files(tmp_path, n=400),
+         f"trainer.max_epochs={state['epoch'] + 2}", "callbacks.early_stopping=null",
+         "test=false", f"ckpt_path={last}", f"hydra.run.dir={resumed_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert final["epoch"] == state["epoch"] + 1
