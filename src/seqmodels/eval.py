@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
+from seqmodels.distributed import check_accelerator
 from seqmodels.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def load_model(ckpt_path: str | Path, expected_task: str | None = None, map_loca
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    check_accelerator(cfg.trainer)
     datamodule = build(cfg.data)
     model = load_model(cfg.ckpt_path, expected_task=datamodule.task)
     datamodule.set_vocabs(model.vocabs)

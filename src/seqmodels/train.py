@@ -1,15 +1,28 @@
 """``seqmodels-train``: build the datamodule, model, callbacks, loggers and trainer from the
-composed config, fit, then test the best checkpoint."""
+composed config, fit, then test the best checkpoint. The same command runs on one CPU, one GPU,
+several processes (``trainer=ddp_cpu``, ``trainer=ddp``) or several nodes."""
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
+from seqmodels.distributed import (
+    SameVocabularies,
+    check_accelerator,
+    distributed_run,
+    prepare_determinism,
+    quiet_other_ranks,
+)
+from seqmodels.errors import ConfigError
 from seqmodels.run_info import write_run_info
+from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +40,62 @@ def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Ligh
     return datamodule, model
 
 
+def check_checkpoint(ckpt_path: str | None, output_dir: str) -> None:
+    """A checkpoint to resume from must exist; ``last`` looks in this run's directory."""
+    if ckpt_path is None:
+        return
+    if str(ckpt_path) not in CHECKPOINT_KEYWORDS and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path, or "
+                          "ckpt_path=last hydra.run.dir=<the run's directory>")
+    if ckpt_path == "last" and not (Path(output_dir) / "checkpoints" / "last.ckpt").is_file():
+        log.warning("ckpt_path=last: %s has no checkpoints/last.ckpt, so training starts from "
+                    "scratch; to resume a run, pass hydra.run.dir=<its directory>", output_dir)
+
+
+@rank_zero_only
+def write_metrics(output_dir: str | Path, metrics: dict[str, float]) -> None:
+    """The run's final numbers, for scripts and sweeps: ``<run>/metrics.json``."""
+    path = Path(output_dir) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit (and by default test) the configured model. Returns (metrics, objects)."""
+    quiet_other_ranks(rank_zero_only.rank)  # the rank its launcher gave this process, if any
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule, model = build_data_and_model(cfg)
+    check_accelerator(cfg.trainer)
+    prepare_determinism(cfg.trainer)
+    ckpt_path = cfg.get("ckpt_path")
+    check_checkpoint(ckpt_path, cfg.paths.output_dir)
+
     callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks.append(SameVocabularies())
+    if cfg.get("seed") is not None:
+        callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
+
+    datamodule, model = build_data_and_model(cfg)
     write_run_info(cfg.paths.output_dir, cfg, datamodule.vocabs)
+    if ckpt_path is not None:
+        log.info("resuming from %s; outputs go to %s", ckpt_path, cfg.paths.output_dir)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = dict(trainer.callback_metrics)
+    with distributed_run(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = dict(trainer.callback_metrics)
 
-    if cfg.get("test") and datamodule.paths.get("test") is not None:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("no best checkpoint was saved: testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(trainer.callback_metrics)
+        if cfg.get("test") and datamodule.paths.get("test") is not None:
+            callback = trainer.checkpoint_callback
+            best = callback.best_model_path if callback else ""
+            if not best:
+                log.warning("no best checkpoint was saved: testing the current weights")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update(trainer.callback_metrics)
 
     metrics = {k: float(v) for k, v in metrics.items()}
+    write_metrics(cfg.paths.output_dir, metrics)
     objects = {"datamodule": datamodule, "model": model, "trainer": trainer}
     return metrics, objects
 

@@ -179,7 +179,12 @@ class SequenceDataModule(L.LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        if self.trainer is not None:
+            # A resumed run draws its first batch before Lightning sets the sampler's epoch:
+            # set it here, or epoch k after a restart would repeat epoch 0's order.
+            loader.batch_sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

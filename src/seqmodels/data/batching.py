@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from seqmodels.data.vocab import PAD_ID
+from seqmodels.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -45,6 +46,9 @@ class Batch:
 
 def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> tuple[Tensor, Tensor]:
     """Right-pad id lists into (B, T) and return it with the lengths (B,)."""
+    if any(len(s) == 0 for s in sequences):
+        # An RNN has no state to report for an empty sequence; readers skip or refuse them.
+        raise DataError("cannot batch an empty sequence (every example needs a token)")
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     longest = max((len(s) for s in sequences), default=0)
     out = torch.full((len(sequences), longest), value, dtype=torch.long)
@@ -71,10 +75,12 @@ class LengthBatchSampler(Sampler[list[int]]):
     pool sorted by length and cut into batches, and the batches shuffled: little padding, yet a
     different grouping every epoch. Without it, plain (shuffled or ordered) batches.
 
-    Under DDP each rank takes every ``world_size``-th batch. For training (``drop_last=False``
-    and ``even_shards=True``) the batch list is topped up by repeating its first batches so
-    every rank steps the same number of times; for evaluation (``even_shards=False``) shards may
-    differ by one batch and no example is counted twice.
+    Under DDP, for training (``even_shards=True``) each rank takes every ``world_size``-th
+    batch, the batch list topped up by repeating its first batches so that every rank steps the
+    same number of times. For evaluation (``even_shards=False``) each rank takes every
+    ``world_size``-th example of the (length-sorted) order and batches its share: no example is
+    counted twice, and no rank is left without a batch (Lightning would skip its evaluation
+    loop, and the metrics' cross-rank sync with it, while the other ranks wait for it).
     """
 
     def __init__(
@@ -103,7 +109,13 @@ class LengthBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _all_batches(self) -> list[list[int]]:
+    @property
+    def sampler(self) -> "LengthBatchSampler":
+        # Lightning calls set_epoch on ``loader.sampler`` and ``loader.batch_sampler.sampler``,
+        # never on the batch sampler itself: without this, every epoch had epoch 0's order.
+        return self
+
+    def _all_batches(self, rank: int = 0, world: int = 1) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         order = list(range(len(self.lengths)))
         if self.shuffle:
@@ -115,6 +127,7 @@ class LengthBatchSampler(Sampler[list[int]]):
                 for start in range(0, len(order), pool)
                 for i in sorted(order[start : start + pool], key=self.lengths.__getitem__)
             ]
+        order = order[rank::world]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
@@ -124,17 +137,22 @@ class LengthBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rank, world = distributed_rank_and_size()
+        if not self.even_shards:
+            if world > len(self.lengths):
+                raise DataError(f"{len(self.lengths)} evaluation examples cannot be shared by "
+                                f"{world} processes; use fewer devices or more data")
+            return iter(self._all_batches(rank, world))
         batches = self._all_batches()
-        if world > 1 and self.even_shards and batches:
+        if world > 1 and batches:
             total = math.ceil(len(batches) / world) * world
             batches += batches[: total - len(batches)]
         return iter(batches[rank::world])
 
     def __len__(self) -> int:
         rank, world = distributed_rank_and_size()
-        count = len(self.lengths) // self.batch_size
-        if not self.drop_last and len(self.lengths) % self.batch_size:
+        examples = len(self.lengths) if self.even_shards else len(range(rank, len(self.lengths),
+                                                                        world))
+        count = examples // self.batch_size
+        if not self.drop_last and examples % self.batch_size:
             count += 1
-        if self.even_shards:
-            return math.ceil(count / world)
-        return len(range(rank, count, world))
+        return math.ceil(count / world) if self.even_shards else count
