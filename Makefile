@@ -29,11 +29,13 @@ install: $(BIN)/.installed ## Create .venv and install seqmodels with its dev to
 train: install ## Train the default experiment (SST-2 BiLSTM); extra overrides: ARGS="..."
 	$(BIN)/seqmodels-train experiment=sst2_bilstm $(ARGS)
 
+# Tests use tiny models, for which one thread per process is as fast as two, and immune to the
+# OpenMP spin-wait collapse that two busy processes on two cores suffer.
 test: install ## Run the test suite (without slow tests)
-	$(BIN)/pytest -m "not slow" -q $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not slow" -q $(ARGS)
 
 test-all: install ## Run every test, slow ones included
-	$(BIN)/pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q $(ARGS)
 
 lint: install ## Check style with ruff
 	$(BIN)/ruff check src tests scripts
