@@ -8,8 +8,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from seqmodels.config import config_dir
-from seqmodels.errors import ConfigError, SeqModelsError
+from seqmodels.config import config_dir, exit_on_user_error
+from seqmodels.errors import ConfigError
 from seqmodels.eval import load_model
 
 
@@ -29,6 +29,8 @@ def resolve_device(name: str) -> torch.device:
 def generate_text(cfg: DictConfig, out: TextIO = sys.stdout) -> str:
     """Write the prompt, then the sampled characters one by one, to ``out``; return them."""
     device = resolve_device(str(cfg.get("device", "auto")))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     model = load_model(cfg.ckpt_path, expected_task="language_model", map_location=device)
     model.to(device)
     characters = model.stream(
@@ -48,12 +50,9 @@ def generate_text(cfg: DictConfig, out: TextIO = sys.stdout) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        generate_text(cfg)
-    except SeqModelsError as error:
-        # A user's mistake: say what it is, without a traceback.
-        raise SystemExit(f"seqmodels-generate: error: {error}") from None
+    generate_text(cfg)
 
 
 if __name__ == "__main__":
