@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqmodels.errors import TrainingError
+from seqmodels.errors import ConfigError, TrainingError
 from seqmodels.train import train
 from tests.conftest import ROOT, compose_config, write_lines
 
@@ -84,3 +84,33 @@ def test_a_real_signal_writes_a_checkpoint_and_the_run_resumes_from_it(tmp_path,
     final = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)
     assert final["epoch"] == state["epoch"] + 1
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
+    overrides = [*tiny_files(tmp_path), "trainer.max_epochs=2", "trainer.deterministic=true",
+                 "model.word_dropout=0.2", "model.dropout=0.3"]
+    first, _ = train(compose_config(tmp_path / "a", overrides))
+    second, _ = train(compose_config(tmp_path / "b", overrides))
+    assert first == second
+    assert first["val/loss"] > 0
+
+
+def test_a_dataset_smaller_than_one_batch_still_trains(tmp_path):
+    cfg = compose_config(tmp_path, [*tiny_files(tmp_path, n=3), "data.batch_size=64",
+                                    "trainer.max_epochs=1"])
+    metrics, _ = train(cfg)
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+
+
+def test_eval_refuses_a_checkpoint_of_another_task(tmp_path):
+    from seqmodels.eval import evaluate
+
+    cfg = compose_config(tmp_path, [*tiny_files(tmp_path), "trainer.max_epochs=1"])
+    _, objects = train(cfg)
+    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    text = write_lines(tmp_path / "corpus.txt", ["to be or not to be"] * 50)
+    eval_cfg = compose_config(tmp_path / "eval", [
+        "data=text_files", f"data.path={text}", f"ckpt_path={checkpoint}",
+    ], config_name="eval")
+    with pytest.raises(ConfigError, match="holds a classification model"):
+        evaluate(eval_cfg)
