@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from seqmodels.config import build
 from seqmodels.data.batching import IGNORE_INDEX, Batch
@@ -249,14 +249,29 @@ def configured_optimizers(model) -> list[torch.optim.Optimizer]:
     return [factory(params=[p for p in model.parameters() if p.requires_grad])]
 
 
-def configured_averaging(cfg, model: nn.Module) -> AveragedModel | None:
+AVERAGING = ("as configured", "foreach", "none")
+
+
+def configured_averaging(cfg, model: nn.Module,
+                         mode: str = "as configured") -> AveragedModel | None:
     """The moving average of the weights that the run's ``weight_averaging`` callback keeps
-    (Lightning's ``WeightAveraging``: an ``AveragedModel`` updated after every step), or None."""
+    (Lightning's ``WeightAveraging``: an ``AveragedModel`` updated after every step), or None.
+
+    :param mode: ``as configured``; ``foreach``: the same EMA decay through
+        ``get_ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all tensors instead of
+        a new tensor per parameter per step); ``none``: no average.
+    """
+    if mode not in AVERAGING:
+        raise ValueError(f"averaging {mode!r} is not one of {AVERAGING}")
     node = (cfg.get("callbacks") or {}).get("weight_averaging")
-    if not node:
+    if not node or mode == "none":
         return None
     kwargs = {key: build(value) if isinstance(value, DictConfig) and "_target_" in value
               else value for key, value in node.items() if key not in ("_target_", "device")}
+    if mode == "foreach":
+        decay = node.avg_fn.decay  # the configured get_ema_avg_fn's decay
+        kwargs = {"use_buffers": node.get("use_buffers", True),
+                  "multi_avg_fn": get_ema_multi_avg_fn(decay)}
     return AveragedModel(model, **{"use_buffers": True, **kwargs})
 
 
@@ -268,6 +283,7 @@ class ArmSpec:
     bucketing: bool | None = None
     variable_length: str | None = None
     optimizer: str | None = None
+    averaging: str = "as configured"
 
     def build(self, cfg, datamodule, reference: nn.Module) -> Arm:
         model = copy_model(cfg, datamodule, reference)
@@ -282,7 +298,7 @@ class ArmSpec:
                                          cfg.model.optimizer.get("weight_decay", 0.0))
         return Arm(self.name, model, optimizers, epoch_loader(datamodule, self.bucketing),
                    clip=cfg.trainer.get("gradient_clip_val"),
-                   averaged=configured_averaging(cfg, model))
+                   averaged=configured_averaging(cfg, model, self.averaging))
 
 
 # Plans for ShadowArms, by name: the benchmark fills this before it calls train(cfg).

@@ -123,6 +123,25 @@ def test_sparse_optimizer_needs_a_sparse_embedding():
         pl.make_optimizers(sentiment_model(), "sparse", lr=0.01)
 
 
+def test_foreach_weight_averaging_equals_the_configured_one(tmp_path):
+    cfg = compose_config(tmp_path, ["experiment=sst2_bilstm"])
+    assert cfg.callbacks.weight_averaging.avg_fn._target_.endswith("get_ema_avg_fn")
+    model = sentiment_model()
+    configured = pl.configured_averaging(cfg, model)
+    fast = pl.configured_averaging(cfg, model, "foreach")
+    assert configured.avg_fn is not None and fast.multi_avg_fn is not None
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+        configured.update_parameters(model)
+        fast.update_parameters(model)
+    assert not torch.allclose(configured.module.classifier.weight, model.classifier.weight)
+    assert_same_parameters(configured.module, fast.module, atol=1e-5)
+    assert pl.configured_averaging(cfg, model, "none") is None
+
+
 # -- padded vs packed on whole models -------------------------------------------------------------
 def tagger_and_batch() -> tuple[SequenceTagger, Batch]:
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ from seqmodels.data.tagging import TaggingDataModule, clip_word, collate_tagging
 from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.eval import evaluate
-from seqmodels.models.tagger import SequenceTagger, read_word_vectors
+from seqmodels.models.tagger import SequenceTagger, read_word_vectors, tag_report
 from seqmodels.train import train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, write_lines
 
 
 @pytest.fixture(autouse=True)
@@ -157,6 +157,18 @@ def test_masked_loss_and_metrics_equal_hand_computation():
     # OOV tokens: (0,1) gold B predicted C (wrong), (1,0) gold B predicted B (right).
     assert model.val_oov.compute().item() == pytest.approx(1 / 2)
     assert model.val_loss.compute().item() == pytest.approx(sum(nll) / len(nll), rel=1e-6)
+
+
+def test_per_tag_report_from_stat_scores():
+    # Rows: tp, fp, tn, fn, support.
+    stats = torch.tensor([[3, 1, 0, 1, 4], [0, 0, 0, 2, 2], [5, 2, 0, 0, 5]])
+    rows, table = tag_report(["A", "B", "C"], stats)
+    assert [r["tag"] for r in rows] == ["C", "A", "B"]  # most frequent first
+    a = rows[1]
+    assert (a["precision"], a["recall"], a["support"]) == (3 / 4, 3 / 4, 4)
+    assert a["f1"] == pytest.approx(3 / 4)
+    assert rows[2]["f1"] == 0.0  # never predicted: 0, not NaN
+    assert table.splitlines()[1].split() == ["C", "0.7143", "1.0000", "0.8333", "5"]
 
 
 # -- (2) padding invariance ----------------------------------------------------------------------
@@ -335,3 +347,44 @@ def test_tagger_learns_the_toy_language(toy_files):
     trainer.fit(model, datamodule=dm)
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert result["test/acc"] >= 0.95
+
+
+def test_users_own_column_files_train_an_ner_tagger_with_span_metrics(tmp_path):
+    """`data=column_tagging` plus `model.span_scheme=bio`: a NER tagger by config alone."""
+    lines = ["-DOCSTART- -X- O", ""]
+    for name, place in (("Peter Blackburn", "Brussels"), ("Anna Smith", "New York")) * 4:
+        words = [*name.split(), "visits", *place.split(), "."]
+        tags = ["B-PER", "I-PER", "O", "B-LOC", *["I-LOC"] * (len(place.split()) - 1), "O"]
+        lines += [f"{w} NNP {t}" for w, t in zip(words, tags)] + [""]
+    data = tmp_path / "ner.txt"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = compose_config(tmp_path, [
+        "data=column_tagging", "model=tagger", "model.span_scheme=bio", "monitor=val/span_f1",
+        "debug=fdr", f"data.train_path={data}", f"data.val_path={data}", f"data.test_path={data}",
+    ])
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].vocabs["tags"].itos == ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    assert {"val/span_f1", "val/span_precision", "test/span_recall"} <= set(metrics)
+
+
+def test_users_own_conllu_files_with_xpos(tmp_path, toy_files):
+    """`data=conllu data.tag_column=xpos`: the XPOS column becomes the tag set."""
+    penn = {"DET": "DT", "ADJ": "JJ", "NOUN": "NN", "VERB": "VBZ"}
+    text = toy_files["train"].read_text().splitlines()
+    with_xpos = []
+    for line in text:
+        columns = line.split("\t")
+        if len(columns) == 10:
+            columns[4] = penn[columns[3]]
+        with_xpos.append("\t".join(columns))
+    train_file = write_lines(tmp_path / "train_xpos.conllu", with_xpos)
+    overrides = ["data=conllu", "model=tagger", "debug=fdr", f"data.train_path={train_file}",
+                 f"data.val_path={train_file}"]
+    cfg = compose_config(tmp_path, [*overrides, "data.tag_column=xpos"])
+    _, objects = train(cfg)
+    assert objects["datamodule"].vocabs["tags"].itos == ["DT", "JJ", "NN", "VBZ"]
+    # The dev file of the toy data has no XPOS at all: a clear error, not an empty tag.
+    cfg = compose_config(tmp_path, [*overrides, "data.tag_column=xpos",
+                                    f"data.val_path={toy_files['dev']}"])
+    with pytest.raises(DataError, match="has no XPOS tag"):
+        train(cfg)
