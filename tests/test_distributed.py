@@ -338,9 +338,6 @@ def test_processes_started_by_torchrun_share_one_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="SequenceTagger._log_metrics decides whether to compute "
-                   "the OOV accuracy from this rank's own count: a rank without unseen words "
-                   "skips the metric's cross-rank sync that the other rank waits in")
 def test_tagger_validation_with_unseen_words_on_one_rank_only(tmp_path):
     rng = random.Random(0)
     pattern = ["DET", "ADJ", "NOUN", "VERB", "DET", "NOUN"]

@@ -129,6 +129,13 @@ def test_column_format_datamodule(tmp_path):
         TaggingDataModule(str(train), format="column", tag_column="upos")
 
 
+def test_missing_ewt_files_offline_say_where_to_get_them(tmp_path):
+    dm = TaggingDataModule(str(tmp_path / "ud_ewt" / "en_ewt-ud-train.conllu"), dataset="ud_ewt",
+                           data_dir=str(tmp_path), download=False)
+    with pytest.raises(DataError, match="en_ewt-ud-train.conllu.*downloading is switched off"):
+        dm.prepare_data()
+
+
 # -- (1) masked loss and metrics against a hand computation -------------------------------------
 def test_masked_loss_and_metrics_equal_hand_computation():
     tags = ["A", "B", "C"]

@@ -145,7 +145,8 @@ class SubsetAccuracy(Metric):
         self.total += selected.sum()
 
     def compute(self) -> Tensor:
-        return self.correct.float() / self.total.clamp(min=1)
+        """NaN when nothing was selected (the same on every rank: states are synced first)."""
+        return self.correct.float() / self.total.float()
 
 
 def tag_report(tags: Sequence[str], stats: Tensor) -> tuple[list[dict], str]:
@@ -342,8 +343,9 @@ class SequenceTagger(SequenceModule):
                      prefix: str) -> dict[str, Tensor]:
         """Log the epoch's metrics (computed once, synced across ranks) and reset them."""
         values = metrics.compute()  # {"val/acc": ..., "val/f1": ..., "val/span_f1": ...}
-        if int(oov.total) > 0:  # no unseen word in the split: no OOV accuracy to report
-            values[prefix + "oov_acc"] = oov.compute()
+        oov_acc = oov.compute()
+        if not oov_acc.isnan():  # no unseen word in the split: no OOV accuracy to report
+            values[prefix + "oov_acc"] = oov_acc
         self.log_dict(values, prog_bar=prefix == "val/")
         metrics.reset()
         oov.reset()
