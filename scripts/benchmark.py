@@ -80,11 +80,11 @@ class Task:
 TASKS = {
     # Memory: whole epochs where batch shapes vary (allocations grow with new shapes), a
     # part of one where every window has the same shape.
-    "sentiment": Task("sentiment", "sst2_bilstm", "SST-2", "tokens", 120, 50, 3,
+    "sentiment": Task("sentiment", "sst2_bilstm", "SST-2", "tokens", 120, 40, 3,
                       ("trainer.max_epochs=2",)),
-    "tagging": Task("tagging", "ewt_upos", "UD English-EWT", "tokens", 120, 40, 2,
+    "tagging": Task("tagging", "ewt_upos", "UD English-EWT", "tokens", 120, 30, 2,
                     ("trainer.max_epochs=3",)),
-    "charlm": Task("charlm", "shakespeare_char", "Tiny Shakespeare", "characters", 15, 8, 0,
+    "charlm": Task("charlm", "shakespeare_char", "Tiny Shakespeare", "characters", 15, 6, 0,
                    ("trainer.max_epochs=1", "++trainer.limit_train_batches=40",
                     "++trainer.limit_val_batches=5")),
 }
@@ -130,9 +130,23 @@ def task_available(task: Task) -> str | None:
 
 
 def ratios(a: pl.Arm, b: pl.Arm, warmup: int = 1) -> list[float]:
-    """tokens/s of ``a`` over ``b``, repetition by repetition (each pair run back to back)."""
-    pairs = list(zip(a.epochs, b.epochs))[warmup:] or list(zip(a.epochs, b.epochs))
-    return [x.tokens_per_second / y.tokens_per_second for x, y in pairs]
+    """tokens/s of ``a`` over ``b``, repetition by repetition (each pair run back to back),
+    leaving out pairs that other processes disturbed (unless every pair was)."""
+    pairs = list(zip(a.epochs, b.epochs))
+    kept = pairs[warmup:] or pairs
+    clean = [(x, y) for x, y in kept if not (x.disturbed or y.disturbed)]
+    return [x.tokens_per_second / y.tokens_per_second for x, y in clean or kept]
+
+
+def noise(arms: list[pl.Arm], warmup: int = 1) -> str:
+    """How many repetitions other processes disturbed (they are left out of the figures)."""
+    count = min(len(arm.epochs) for arm in arms) - warmup
+    disturbed = count - len(pl.clean_rounds(arms, warmup))
+    if disturbed == 0:
+        return f"{count} repetitions, none disturbed"
+    left = "left out" if disturbed < count else "all kept: no clean one"
+    return (f"{count} repetitions, {disturbed} disturbed by other processes "
+            f"(> {pl.DISTURBED:.1f} core busy elsewhere; {left})")
 
 
 def fmt_ratios(values: list[float]) -> str:
@@ -190,10 +204,12 @@ class Bench:
         return [spec.build(cfg, datamodule, model) for spec in specs], datamodule
 
     def shadowed_train(self, task: Task, plan_name: str, specs: list[pl.ArmSpec],
-                       overrides: list[str], evaluate: bool = False) -> dict:
+                       overrides: list[str], evaluate: bool = False,
+                       clean_reps: int | None = None) -> dict:
         """``train(cfg)`` with plain-loop arms run beside it (plain_loops.ShadowArms)."""
         cfg = compose_config(task.experiment, overrides, self.run_dir(plan_name))
-        pl.PLANS[plan_name] = plan = {"cfg": cfg, "specs": specs, "evaluate": evaluate}
+        pl.PLANS[plan_name] = plan = {"cfg": cfg, "specs": specs, "evaluate": evaluate,
+                                      "clean_reps": clean_reps}
         with open_dict(cfg):
             cfg.callbacks.benchmark_shadow_arms = {"_target_": "plain_loops.ShadowArms",
                                                    "plan": plan_name}
@@ -206,21 +222,23 @@ def section_overhead(bench: Bench) -> str:
     reps, rows, details = bench.settings.reps, [], []
     for task in bench.tasks.values():
         batches = bench.settings.batches(task.overhead_batches)
+        # Up to reps more epochs where other processes disturbed some (see plain_loops.CpuWatch).
         overrides = [f"++trainer.limit_train_batches={batches}", "++trainer.limit_val_batches=2",
                      "++trainer.val_check_interval=1.0",
-                     f"trainer.max_epochs={reps + 1}", f"trainer.min_epochs={reps + 1}",
+                     f"trainer.max_epochs={2 * reps + 1}", f"trainer.min_epochs={reps + 1}",
                      "test=false"]
         plan = bench.shadowed_train(task, f"overhead_{task.name}",
-                                    [pl.ArmSpec("plain loop")], overrides)
+                                    [pl.ArmSpec("plain loop")], overrides, clean_reps=reps)
         framework, plain = plan["arms"]
         values = ratios(framework, plain)
         ratio = median(values)
         bench.facts[f"overhead_{task.name}"] = ratio
         bench.facts[f"train_tps_{task.name}"] = tps(framework)
-        rows.append([task.experiment, f"{batches} x {reps} (+1 warm-up)",
+        rows.append([task.experiment, f"{batches} x {len(framework.epochs) - 1} (+1 warm-up)",
                      f"{tps(plain):,.0f}", f"{tps(framework):,.0f}", f"**{ratio:.3f}**",
                      verdict(ratio >= 0.95)])
-        details.append(f"- {task.experiment}: per-epoch ratios {fmt_ratios(values)}")
+        details.append(f"- {task.experiment}: per-epoch ratios {fmt_ratios(values)} "
+                       f"({noise(plan['arms'])})")
     return "\n".join([
         "## 1. Framework overhead",
         "",
@@ -239,7 +257,7 @@ def section_overhead(bench: Bench) -> str:
         "costs weigh more than in a full epoch. Epoch 0 is a warm-up; the ratio is the median "
         "of the per-epoch ratios.",
         "",
-        table(["experiment", "batches x epochs", "plain loop tokens/s", "seqmodels-train "
+        table(["experiment", "batches x timed epochs", "plain loop tokens/s", "seqmodels-train "
                "tokens/s", "ratio", "target >= 0.95x"], rows),
         "",
         *details,
@@ -326,6 +344,7 @@ def section_batching(bench: Bench) -> str:
             f"{verdict(beyond >= 1.5)}; dev accuracy {100 * accuracy[framework.name]:.2f} vs "
             f"{100 * accuracy[naive.name]:.2f}: {'equal or better' if acc_ok else 'lower'}",
             *sparse_note,
+            f"- {noise(plan['arms'], 0)}",
             "",
         ]
     parts.append(bench.missing_note(("sentiment", "tagging")))
@@ -334,7 +353,7 @@ def section_batching(bench: Bench) -> str:
 
 # -- 3. variable-length strategy ---------------------------------------------------------------
 def section_varlen(bench: Bench) -> str:
-    reps, rows = bench.settings.reps, []
+    reps, rows, notes = bench.settings.reps, [], []
     for task in bench.tasks.values():
         if task.name == "charlm":
             continue
@@ -343,11 +362,12 @@ def section_varlen(bench: Bench) -> str:
                  pl.ArmSpec("padded, random", bucketing=False),
                  pl.ArmSpec("packed, random", bucketing=False, variable_length="packed")]
         arms, _ = bench.plain_arms(task, specs)
-        pl.alternate(arms, reps + 1, batches)
+        pl.alternate(arms, reps, batches)
         padded, packed, padded_random, packed_random = arms
         bucketed_ratio = median(ratios(padded, packed))
         random_ratio = median(ratios(padded_random, packed_random))
         bench.facts[f"varlen_{task.name}"] = bucketed_ratio
+        notes.append(f"- {task.experiment}: {noise(arms)}")
         rows.append([task.experiment, f"bucketed (default), {batches}", f"{tps(padded):,.0f}",
                      f"{tps(packed):,.0f}", f"**{bucketed_ratio:.2f}x**"])
         rows.append([task.experiment, f"random, {batches}", f"{tps(padded_random):,.0f}",
@@ -366,6 +386,8 @@ def section_varlen(bench: Bench) -> str:
         "",
         table(["experiment", "batches", "padded tokens/s", "packed tokens/s",
                "padded / packed"], rows),
+        "",
+        *notes,
         "",
         "shakespeare_char: every row of a TBPTT window is full length, so both strategies run the "
         "same code (the encoder only packs when some row is shorter); nothing to measure.",
@@ -387,7 +409,8 @@ def section_optim(bench: Bench) -> str:
         "adam, foreach and fused give the same numbers (tests/test_fast_paths.py); SparseAdam "
         "is lazy Adam: it leaves the moments of rows a batch does not use untouched, so after "
         "the first step its numbers differ from dense Adam's (a different optimizer, not a "
-        "faster path to the same one).",
+        "faster path to the same one). No weight averaging in these runs (its cost is the "
+        "last table).",
         "",
     ]
     for name in ("sentiment", "tagging"):
@@ -396,8 +419,10 @@ def section_optim(bench: Bench) -> str:
             continue
         batches = bench.settings.batches(task.speed_batches)
         kinds = ["adam", "foreach", "fused"] + (["sparse"] if name == "sentiment" else [])
-        arms, _ = bench.plain_arms(task, [pl.ArmSpec(k, optimizer=k) for k in kinds])
-        pl.alternate(arms, reps + 1, batches)
+        # Without weight averaging (SST-2 keeps one): its cost is measured on its own below.
+        specs = [pl.ArmSpec(k, optimizer=k, averaging="none") for k in kinds]
+        arms, _ = bench.plain_arms(task, specs)
+        pl.alternate(arms, reps, batches)
         base = arms[0]
         rows = [[arm.name, f"{tps(arm):,.0f}", f"**{median(ratios(arm, base)):.2f}x**"]
                 for arm in arms]
@@ -406,7 +431,7 @@ def section_optim(bench: Bench) -> str:
         vocab = arms[0].model.embedding.weight.shape
         parts += [f"### {task.experiment}: word embedding {vocab[0]:,} x {vocab[1]}, "
                   f"{batches} batches per repetition", "",
-                  table(["optimizer", "tokens/s", "vs adam"], rows), ""]
+                  table(["optimizer", "tokens/s", "vs adam"], rows), "", noise(arms), ""]
     task = bench.tasks.get("sentiment")
     if task is not None:
         parts += section_averaging(bench, task)
@@ -424,7 +449,7 @@ def section_averaging(bench: Bench, task: Task) -> list[str]:
              pl.ArmSpec("EMA through get_ema_multi_avg_fn (foreach lerp)", averaging="foreach"),
              pl.ArmSpec("no weight averaging", averaging="none")]
     arms, _ = bench.plain_arms(task, specs)
-    pl.alternate(arms, bench.settings.reps + 1, batches)
+    pl.alternate(arms, bench.settings.reps, batches)
     base = arms[0]
     rows = [[arm.name, f"{tps(arm):,.0f}", f"**{median(ratios(arm, base)):.2f}x**"]
             for arm in arms]
@@ -442,6 +467,8 @@ def section_averaging(bench: Bench, task: Task) -> list[str]:
         "",
         table(["weight averaging", "tokens/s", "vs configured"], rows),
         "",
+        noise(arms),
+        "",
     ]
 
 
@@ -451,10 +478,10 @@ def section_threads(bench: Bench) -> str:
         batches = bench.settings.batches(task.speed_batches)
         arms, _ = bench.plain_arms(task, [pl.ArmSpec("1 thread"), pl.ArmSpec("2 threads")])
         arms[0].threads, arms[1].threads = 1, 2
-        pl.alternate(arms, reps + 1, batches)
+        pl.alternate(arms, reps, batches)
         ratio = median(ratios(arms[1], arms[0]))
         rows.append([task.experiment, f"{tps(arms[0]):,.0f}", f"{tps(arms[1]):,.0f}",
-                     f"**{ratio:.2f}x**"])
+                     f"**{ratio:.2f}x**", noise(arms)])
     return "\n".join([
         "## 4b. Threads: torch.set_num_threads(1) vs 2",
         "",
@@ -463,7 +490,8 @@ def section_threads(bench: Bench) -> str:
         "with fewer threads than cores; this shows how much the second core gives these small "
         "RNNs. Generation (section 5) is measured at both too.",
         "",
-        table(["experiment", "1 thread tokens/s", "2 threads tokens/s", "2 / 1"], rows),
+        table(["experiment", "1 thread tokens/s", "2 threads tokens/s", "2 / 1", "noise"],
+              rows),
         bench.missing_note(tuple(TASKS)),
     ])
 
@@ -484,7 +512,7 @@ def section_compile(bench: Bench) -> str:
     try:
         # Warm-up epoch alone first: it holds the compilation.
         first = compiled.run_epoch(0, batches)
-        eager.run_epoch(0, batches)
+        compiled.epochs.clear()  # the compiling epoch is reported alone; then warm-up + reps
         pl.alternate(arms, reps, batches)
     except Exception as caught:  # noqa: BLE001  (report what torch.compile did, whatever it is)
         error = f"{type(caught).__name__}: {str(caught).splitlines()[0][:300]}"
@@ -498,12 +526,12 @@ def section_compile(bench: Bench) -> str:
         body = "\n".join([
             table(["mode", "first epoch s (incl. compilation, cold cache)", "steady tokens/s",
                    "vs eager"],
-                  [["eager", f"{eager.epochs[0].seconds:.1f}", f"{tps(eager):,.0f}", "1.00x"],
+                  [["eager", "-", f"{tps(eager):,.0f}", "1.00x"],
                    ["torch.compile", f"{first.seconds:.1f}", f"{tps(compiled):,.0f}",
                     f"**{ratio:.2f}x**"]]),
             "",
             f"Graph breaks counted by dynamo: {breaks}. Per-repetition ratios: "
-            f"{fmt_ratios(ratios(compiled, eager))}.",
+            f"{fmt_ratios(ratios(compiled, eager))} ({noise(arms)}).",
         ])
     return "\n".join([
         "## 7. torch.compile (sentiment model)",
@@ -524,6 +552,7 @@ def section_generation(bench: Bench) -> str:
         import bench_generate as bg  # scripts/bench_generate.py (the char-LM engineer's loops)
     except ImportError as error:
         return f"## 5. Generation\n\nnot measured: scripts/bench_generate.py missing ({error})\n"
+    watch = pl.CpuWatch()
     num_chars = 300 if bench.settings.quick else 2000
     reps = 1 if bench.settings.quick else 3
     model = bg.random_model()
@@ -576,6 +605,7 @@ def section_generation(bench: Bench) -> str:
         f"3,000: {verdict(speed >= 3000)}",
         f"- vs re-running the prefix for a {num_chars}-character sample: **{vs_rerun:.0f}x**; "
         f"target >= 20x: {verdict(vs_rerun >= 20)}",
+        f"- other processes kept {watch.others():.2f} cores busy on average meanwhile",
         "",
     ])
 
@@ -641,6 +671,7 @@ def peak_rss_mb(bench: Bench, task: Task) -> tuple[float, int, str]:
 def section_data(bench: Bench) -> str:
     targets = {"tagging": 2.0, "charlm": 1.0}
     rows, rss_rows, loader_rows = [], [], []
+    watch = pl.CpuWatch()
     for task in bench.tasks.values():
         train_only, fit = time_indexing(bench, task)
         target = targets.get(task.name)
@@ -665,6 +696,9 @@ def section_data(bench: Bench) -> str:
         "columns are the same operation.",
         "",
         table(["dataset", "train read + index s", "setup('fit') s", "target"], rows),
+        "",
+        f"(Other processes kept {watch.others():.2f} cores busy on average during this "
+        "section.)",
         "",
         "Peak resident memory (`ru_maxrss` of a child process) of default training runs "
         "(`python -m seqmodels.train experiment=...`, validation and checkpoints included, "
@@ -720,7 +754,11 @@ generation"`) without touching the others. GPU figures (bf16, cuDNN) are in
 How to read them: this machine has 2 cores shared with other jobs, so absolute speeds drift
 from minute to minute. Every comparison is therefore a ratio taken inside one run: the two
 sides run alternately, several times, on the same batches, and the median of the
-per-repetition ratios is reported; tokens/s figures are medians too. Runs hold
+per-repetition ratios is reported; tokens/s figures are medians too. Each repetition also
+records how busy other processes kept the CPUs meanwhile (`/proc/stat` minus this process's
+own CPU time): a repetition during which they used more than 0.2 of a core is "disturbed",
+left out of the figures and, where the section allows, run again; each section says how many
+were. Runs hold
 `/tmp/seqmodels-heavy.lock` so that no other heavy job shares the cores (two processes with 2
 torch threads each on 2 cores spin-wait into ~50x slowdowns): `make bench` takes the lock
 itself; `flock /tmp/seqmodels-heavy.lock python scripts/benchmark.py --no-lock` is the same.

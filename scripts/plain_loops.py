@@ -9,9 +9,11 @@ machine in the same state for both sides.
 """
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import median
 
 import lightning as L
@@ -113,16 +115,60 @@ def set_variable_length(model: nn.Module, strategy: str) -> nn.Module:
     return model
 
 
+# -- measuring on a shared machine --------------------------------------------------------------
+# A repetition during which other processes kept more than this share of a core busy is
+# "disturbed": on 2 cores one more busy thread can slow ours several times over.
+DISTURBED = 0.2
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has spent busy since boot (Linux
+    ``/proc/stat``); 0 where there is no such file (then nothing counts as disturbed)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """How busy other processes kept the CPUs while we measured."""
+
+    def __init__(self):
+        self.wall = time.perf_counter()
+        self.busy = busy_cpu_seconds()
+        self.own = _own_cpu_seconds()
+
+    def others(self) -> float:
+        """Cores' worth of CPU (0.5 = half a core) used by other processes since the start."""
+        wall = time.perf_counter() - self.wall
+        if wall <= 0 or self.busy == 0.0:
+            return 0.0
+        other = (busy_cpu_seconds() - self.busy) - (_own_cpu_seconds() - self.own)
+        return max(0.0, other) / wall
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 # -- arms --------------------------------------------------------------------------------------
 @dataclass
 class Measurement:
     seconds: float
     tokens: int
     batches: int
+    others: float = 0.0  # CPU other processes used meanwhile, in cores (see CpuWatch)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def disturbed(self) -> bool:
+        return self.others > DISTURBED
 
 
 @dataclass
@@ -159,6 +205,7 @@ class Arm:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         state, tokens, count = None, 0, 0
+        watch = CpuWatch()
         start = time.perf_counter()
         for batch in self.batches(epoch):
             if max_batches is not None and count >= max_batches:
@@ -175,24 +222,36 @@ class Arm:
                 self.averaged.update_parameters(self.model)
             tokens += batch_tokens(batch)
             count += 1
-        measurement = Measurement(time.perf_counter() - start, tokens, count)
+        measurement = Measurement(time.perf_counter() - start, tokens, count, watch.others())
         torch.set_num_threads(previous_threads)
         self.epochs.append(measurement)
         return measurement
 
 
+def clean_rounds(arms: list, warmup: int = 1) -> list[int]:
+    """Indices of the repetitions after the warm-up in which no arm was disturbed."""
+    count = min(len(arm.epochs) for arm in arms)
+    return [i for i in range(warmup, count) if not any(arm.epochs[i].disturbed for arm in arms)]
+
+
 def steady_tokens_per_second(epochs: list[Measurement], warmup: int = 1) -> float:
-    """The median tokens/s of the epochs after the first ``warmup`` ones."""
+    """The median tokens/s of the undisturbed epochs after the first ``warmup`` ones (all of
+    them after the warm-up if every one was disturbed)."""
     kept = epochs[warmup:] or epochs
-    return median(m.tokens_per_second for m in kept)
+    return median(m.tokens_per_second for m in [m for m in kept if not m.disturbed] or kept)
 
 
-def alternate(arms: list[Arm], epochs: int, max_batches: int | None = None) -> None:
-    """Run ``epochs`` epochs of every arm, interleaved, the order reversed every other epoch
-    (A B C, C B A, ...) so that no arm always follows the same neighbour."""
-    for epoch in range(epochs):
+def alternate(arms: list[Arm], reps: int, max_batches: int | None = None,
+              warmup: int = 1) -> None:
+    """Run a warm-up and ``reps`` repetitions of every arm, interleaved, the order reversed
+    every other round (A B C, C B A, ...) so that no arm always follows the same neighbour.
+    Rounds that other processes disturbed are run again, up to ``reps`` more rounds."""
+    epoch = 0
+    while epoch < warmup + reps or (len(clean_rounds(arms, warmup)) < reps
+                                    and epoch < warmup + 2 * reps):
         for arm in arms if epoch % 2 == 0 else arms[::-1]:
             arm.run_epoch(epoch, max_batches)
+        epoch += 1
 
 
 @torch.no_grad()
@@ -315,8 +374,9 @@ class ShadowArms(L.Callback):
     epoch's batches after Lightning's epoch on even epochs and before it on odd ones.
 
     The plan (``PLANS[plan]``): ``cfg``, ``specs`` (ArmSpec list), ``evaluate`` (measure every
-    arm's dev accuracy after the last epoch). Results land in the plan: ``arms`` (the
-    Lightning arm first), ``accuracy``.
+    arm's dev accuracy after the last epoch), ``clean_reps`` (stop once this many epochs after
+    the first were undisturbed by other processes, see ``CpuWatch``). Results land in the plan:
+    ``arms`` (the Lightning arm first), ``accuracy``.
     """
 
     def __init__(self, plan: str):
@@ -327,6 +387,7 @@ class ShadowArms(L.Callback):
         self._tokens = 0
         self._timing = False
         self._validation_start = 0.0
+        self._watch = CpuWatch()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.lightning.model = pl_module
@@ -348,6 +409,7 @@ class ShadowArms(L.Callback):
             self._run_shadows(trainer)
         self._tokens = 0
         self._timing = True
+        self._watch = CpuWatch()
         self._start = time.perf_counter()
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -364,11 +426,16 @@ class ShadowArms(L.Callback):
         if batch_idx + 1 == self._max_batches(trainer):
             self._timing = False
             seconds = time.perf_counter() - self._start
-            self.lightning.epochs.append(Measurement(seconds, self._tokens, batch_idx + 1))
+            self.lightning.epochs.append(Measurement(seconds, self._tokens, batch_idx + 1,
+                                                     self._watch.others()))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch % 2 == 0:
             self._run_shadows(trainer)
+        wanted = self.plan.get("clean_reps")
+        arms = [self.lightning, *self.shadows]
+        if wanted is not None and len(clean_rounds(arms)) >= wanted:
+            trainer.should_stop = True  # enough undisturbed epochs (Lightning keeps min_epochs)
         last = trainer.current_epoch + 1 >= trainer.max_epochs
         if last and self.plan.get("evaluate"):
             averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]

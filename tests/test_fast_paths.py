@@ -229,6 +229,21 @@ def test_shadow_plain_loop_ends_with_the_weights_lightning_trained(tmp_path, tin
                                   plain.evaluated_model.classifier.weight)
 
 
+def test_disturbed_repetitions_are_left_out_of_the_ratios():
+    def arm(speeds, disturbed=()):
+        a = pl.Arm("x", None, [], batches=lambda epoch: [])
+        a.epochs = [pl.Measurement(1.0, s, 1, others=0.9 if i in disturbed else 0.0)
+                    for i, s in enumerate(speeds)]
+        return a
+
+    fast, slow = arm([100, 200, 200, 900], disturbed={3}), arm([100, 100, 50, 100])
+    assert pl.clean_rounds([fast, slow]) == [1, 2]  # round 0 is the warm-up
+    assert benchmark.ratios(fast, slow) == [2.0, 4.0]
+    assert pl.steady_tokens_per_second(fast.epochs) == 200
+    every = arm([100, 100], disturbed={0, 1})
+    assert benchmark.ratios(every, arm([50, 50])) == [2.0]  # none clean: all kept
+
+
 # -- the document --------------------------------------------------------------------------------
 def test_rerunning_one_section_keeps_the_others_and_the_summary_follows(tmp_path):
     path = tmp_path / "benchmarks.md"
