@@ -328,7 +328,8 @@ def configured_averaging(cfg, model: nn.Module,
     kwargs = {key: build(value) if isinstance(value, DictConfig) and "_target_" in value
               else value for key, value in node.items() if key not in ("_target_", "device")}
     if mode == "foreach":
-        decay = node.avg_fn.decay  # the configured get_ema_avg_fn's decay
+        # The configured EMA's decay (from get_ema_avg_fn or get_ema_multi_avg_fn).
+        decay = (node.get("avg_fn") or node.get("multi_avg_fn")).decay
         kwargs = {"use_buffers": node.get("use_buffers", True),
                   "multi_avg_fn": get_ema_multi_avg_fn(decay)}
     return AveragedModel(model, **{"use_buffers": True, **kwargs})
