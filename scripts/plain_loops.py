@@ -10,6 +10,7 @@ machine in the same state for both sides.
 
 import copy
 import os
+import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -133,12 +134,17 @@ def busy_cpu_seconds() -> float:
 
 
 class CpuWatch:
-    """How busy other processes kept the CPUs while we measured."""
+    """How busy other processes kept the CPUs while we measured, and how many minor page
+    faults this process took."""
 
     def __init__(self):
         self.wall = time.perf_counter()
         self.busy = busy_cpu_seconds()
         self.own = _own_cpu_seconds()
+        self.minor_faults = _minor_faults()
+
+    def faults(self) -> int:
+        return _minor_faults() - self.minor_faults
 
     def others(self) -> float:
         """Cores' worth of CPU (0.5 = half a core) used by other processes since the start."""
@@ -147,6 +153,10 @@ class CpuWatch:
             return 0.0
         other = (busy_cpu_seconds() - self.busy) - (_own_cpu_seconds() - self.own)
         return max(0.0, other) / wall
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _own_cpu_seconds() -> float:
@@ -161,6 +171,7 @@ class Measurement:
     tokens: int
     batches: int
     others: float = 0.0  # CPU other processes used meanwhile, in cores (see CpuWatch)
+    faults: int = 0  # minor page faults meanwhile (fresh memory the kernel had to map)
 
     @property
     def tokens_per_second(self) -> float:
@@ -222,7 +233,8 @@ class Arm:
                 self.averaged.update_parameters(self.model)
             tokens += batch_tokens(batch)
             count += 1
-        measurement = Measurement(time.perf_counter() - start, tokens, count, watch.others())
+        measurement = Measurement(time.perf_counter() - start, tokens, count, watch.others(),
+                                  watch.faults())
         torch.set_num_threads(previous_threads)
         self.epochs.append(measurement)
         return measurement
@@ -375,7 +387,7 @@ class ShadowArms(L.Callback):
     epoch's batches after Lightning's epoch on even epochs and before it on odd ones.
 
     The plan (``PLANS[plan]``): ``cfg``, ``specs`` (ArmSpec list), ``evaluate`` (measure every
-    arm's dev accuracy after the last epoch), ``clean_reps`` (stop once this many epochs after
+    arm's dev accuracy after every epoch), ``clean_reps`` (stop once this many epochs after
     the first were undisturbed by other processes, see ``CpuWatch``). Results land in the plan:
     ``arms`` (the Lightning arm first), ``accuracy``.
     """
@@ -428,7 +440,8 @@ class ShadowArms(L.Callback):
             self._timing = False
             seconds = time.perf_counter() - self._start
             self.lightning.epochs.append(Measurement(seconds, self._tokens, batch_idx + 1,
-                                                     self._watch.others()))
+                                                     self._watch.others(),
+                                                     self._watch.faults()))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch % 2 == 0:
@@ -437,11 +450,17 @@ class ShadowArms(L.Callback):
         arms = [self.lightning, *self.shadows]
         if wanted is not None and len(clean_rounds(arms)) >= wanted:
             trainer.should_stop = True  # enough undisturbed epochs (Lightning keeps min_epochs)
-        last = trainer.current_epoch + 1 >= trainer.max_epochs
-        if last and self.plan.get("evaluate"):
-            averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
-            if averaging:  # Lightning validates (and finally keeps) the averaged weights
-                self.lightning.averaged = averaging[0]._average_model
-            val = trainer.datamodule.val_dataloader()
-            self.plan["accuracy"] = {arm.name: dev_accuracy(arm.evaluated_model, val)
-                                     for arm in self.plan["arms"]}
+        if self.plan.get("evaluate"):
+            self._evaluate(trainer)
+
+    def _evaluate(self, trainer) -> None:
+        """Every arm's dev accuracy after this epoch: ``plan["accuracy"][arm] = [(last
+        weights, averaged weights or None), ...]``, one pair per epoch."""
+        averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+        if averaging:  # Lightning validates (and finally keeps) the averaged weights
+            self.lightning.averaged = averaging[0]._average_model
+        val = trainer.datamodule.val_dataloader()
+        results = self.plan.setdefault("accuracy", {})
+        for arm in self.plan["arms"]:
+            averaged = None if arm.averaged is None else dev_accuracy(arm.averaged.module, val)
+            results.setdefault(arm.name, []).append((dev_accuracy(arm.model, val), averaged))
