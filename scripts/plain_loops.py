@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
 from seqmodels.config import build
 from seqmodels.data.batching import IGNORE_INDEX, Batch
@@ -320,7 +320,7 @@ def configured_optimizers(model) -> list[torch.optim.Optimizer]:
     return [factory(params=[p for p in model.parameters() if p.requires_grad])]
 
 
-AVERAGING = ("as configured", "foreach", "none")
+AVERAGING = ("as configured", "foreach", "per parameter", "none")
 
 
 def configured_averaging(cfg, model: nn.Module,
@@ -328,9 +328,10 @@ def configured_averaging(cfg, model: nn.Module,
     """The moving average of the weights that the run's ``weight_averaging`` callback keeps
     (Lightning's ``WeightAveraging``: an ``AveragedModel`` updated after every step), or None.
 
-    :param mode: ``as configured``; ``foreach``: the same EMA decay through
-        ``get_ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all tensors instead of
-        a new tensor per parameter per step); ``none``: no average.
+    :param mode: ``as configured``; the configured EMA decay through ``foreach``:
+        ``get_ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all tensors) or ``per
+        parameter``: ``get_ema_avg_fn`` (a new tensor per parameter per step); ``none``: no
+        average.
     """
     if mode not in AVERAGING:
         raise ValueError(f"averaging {mode!r} is not one of {AVERAGING}")
@@ -339,11 +340,11 @@ def configured_averaging(cfg, model: nn.Module,
         return None
     kwargs = {key: build(value) if isinstance(value, DictConfig) and "_target_" in value
               else value for key, value in node.items() if key not in ("_target_", "device")}
-    if mode == "foreach":
-        # The configured EMA's decay (from get_ema_avg_fn or get_ema_multi_avg_fn).
+    if mode in ("foreach", "per parameter"):
         decay = (node.get("avg_fn") or node.get("multi_avg_fn")).decay
         kwargs = {"use_buffers": node.get("use_buffers", True),
-                  "multi_avg_fn": get_ema_multi_avg_fn(decay)}
+                  **({"multi_avg_fn": get_ema_multi_avg_fn(decay)} if mode == "foreach"
+                     else {"avg_fn": get_ema_avg_fn(decay)})}
     return AveragedModel(model, **{"use_buffers": True, **kwargs})
 
 

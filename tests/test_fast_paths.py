@@ -123,25 +123,23 @@ def test_sparse_optimizer_needs_a_sparse_embedding():
         pl.make_optimizers(sentiment_model(), "sparse", lr=0.01)
 
 
-def test_foreach_weight_averaging_equals_the_configured_one(tmp_path):
+def test_foreach_weight_averaging_equals_the_per_parameter_one(tmp_path):
     cfg = compose_config(tmp_path, ["experiment=sst2_bilstm", "callbacks=weight_averaging"])
-    with open_dict(cfg):  # the per-parameter EMA, whichever the config now names
-        cfg.callbacks.weight_averaging.pop("multi_avg_fn", None)
-        cfg.callbacks.weight_averaging.avg_fn = {
-            "_target_": "torch.optim.swa_utils.get_ema_avg_fn", "decay": 0.9}
+    with open_dict(cfg):
+        cfg.callbacks.weight_averaging.multi_avg_fn.decay = 0.9
     model = sentiment_model()
-    configured = pl.configured_averaging(cfg, model)
-    fast = pl.configured_averaging(cfg, model, "foreach")
-    assert configured.avg_fn is not None and fast.multi_avg_fn is not None
+    fast = pl.configured_averaging(cfg, model)  # the config's: one foreach lerp
+    per_parameter = pl.configured_averaging(cfg, model, "per parameter")
+    assert fast.multi_avg_fn is not None and per_parameter.avg_fn is not None
     generator = torch.Generator().manual_seed(0)
     for _ in range(4):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=generator))
-        configured.update_parameters(model)
+        per_parameter.update_parameters(model)
         fast.update_parameters(model)
-    assert not torch.allclose(configured.module.classifier.weight, model.classifier.weight)
-    assert_same_parameters(configured.module, fast.module, atol=1e-5)
+    assert not torch.allclose(fast.module.classifier.weight, model.classifier.weight)
+    assert_same_parameters(per_parameter.module, fast.module, atol=1e-5)
     assert pl.configured_averaging(cfg, model, "none") is None
 
 
@@ -210,7 +208,7 @@ def test_shadow_plain_loop_ends_with_the_weights_lightning_trained(tmp_path, tin
         *tiny_sst, "trainer.max_epochs=1", "data.batch_size=8", "test=false",
         "model.embedding_dim=8", "model.encoder.hidden_size=8", "model.dropout=0.0",
         "model.embedding_dropout=0.0", "model.word_dropout=0.0",
-        *(["callbacks=weight_averaging", "callbacks.weight_averaging.avg_fn.decay=0.5"]
+        *(["callbacks=weight_averaging", "callbacks.weight_averaging.multi_avg_fn.decay=0.5"]
           if averaging else ["callbacks=none"]),
     ])
     spec = RecordingSpec("plain loop")
