@@ -1,0 +1,306 @@
+"""``seqmodels-predict``: label sentences or tag their tokens with a trained checkpoint.
+
+The model, its hyperparameters and its vocabularies come from the checkpoint. How the training
+data was normalised (``data.lowercase``, and for taggers ``data.max_word_length``) is not in the
+checkpoint: it is read from the ``config_resolved.yaml`` of the run whose ``checkpoints/``
+folder holds the checkpoint. A checkpoint moved elsewhere falls back to a guess (lower-case
+input when the vocabulary has no upper-case entry; the datamodule's default word length),
+with a warning; ``lowercase=`` and ``max_word_length=`` settle it.
+
+Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
+hold no sentence and are skipped; every output record names its input line (``line``).
+"""
+
+import inspect
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from itertools import chain
+from pathlib import Path
+from typing import TextIO
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from seqmodels.config import config_dir, exit_on_user_error
+from seqmodels.data.batching import collate_classification
+from seqmodels.data.conll import CONLLU_COLUMNS, CONLLU_FORM, DOCSTART, TaggedSentence
+from seqmodels.data.files import read_lines
+from seqmodels.data.tagging import TaggingDataModule, collate_tagging
+from seqmodels.errors import ConfigError, DataError
+from seqmodels.eval import load_model
+from seqmodels.generate import resolve_device
+from seqmodels.runs import checkpoint_run_dir
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("tsv", "jsonl")
+INPUT_FORMATS = ("text", "conllu", "column")
+# Sentences sorted by length together: a pool of this many batches is read, predicted and
+# written before the next is read, so memory stays bounded and output starts early.
+POOL_BATCHES = 64
+
+# One input sentence: its tokens and the 1-based input line it starts on.
+Sentence = tuple[list[str], int]
+
+
+# -- input ---------------------------------------------------------------------------------------
+def input_lines(source: str, errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a file, or of stdin for ``-``."""
+    if source != "-":
+        yield from read_lines(source, errors)
+        return
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors=errors)
+    try:
+        for number, line in enumerate(stdin, start=1):
+            yield number, line.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise DataError("invalid UTF-8 on stdin; fix the input or set encoding_errors=replace",
+                        "<stdin>") from None
+
+
+def read_sentences(lines: Iterable[tuple[int, str]], input_format: str,
+                   source: str) -> Iterator[Sentence]:
+    """Sentences of ``text`` (one a line), ``conllu`` (FORM column) or ``column`` (first
+    whitespace column; blank lines end sentences) input. Tags in the input are ignored."""
+    if input_format == "text":
+        for number, line in lines:
+            if line.strip():
+                yield line.split(), number
+        return
+    tokens, first = [], 0
+    for number, line in lines:
+        if not line.strip():
+            if tokens:
+                yield tokens, first
+            tokens = []
+            continue
+        token = _token_of(line, input_format, source, number)
+        if token is not None:
+            first = first if tokens else number
+            tokens.append(token)
+    if tokens:
+        yield tokens, first
+
+
+def _token_of(line: str, input_format: str, source: str, number: int) -> str | None:
+    """The token of one non-blank line, or None for a line that carries none."""
+    if input_format == "column":
+        token = line.split()[0]
+        return None if token == DOCSTART else token
+    if line.startswith("#"):
+        return None
+    columns = line.split("\t")
+    if len(columns) != CONLLU_COLUMNS:
+        raise DataError(f"expected {CONLLU_COLUMNS} tab-separated columns (CoNLL-U), found "
+                        f"{len(columns)}; for one sentence a line use input_format=text",
+                        source, number)
+    # Multiword-token ranges (3-4) and empty nodes (8.1) are not words of their own.
+    return columns[CONLLU_FORM] if columns[0].isdigit() else None
+
+
+def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
+    pool = []
+    for sentence in sentences:
+        pool.append(sentence)
+        if len(pool) == size:
+            yield pool
+            pool = []
+    if pool:
+        yield pool
+
+
+# -- how the training data was normalised -------------------------------------------------------
+def recorded_data_config(ckpt_path: str) -> dict:
+    """The ``data`` settings of the training run that wrote the checkpoint, if it can be found."""
+    run = checkpoint_run_dir(ckpt_path)
+    config = None if run is None else run / "config_resolved.yaml"
+    if config is None or not config.is_file():
+        return {}
+    data = OmegaConf.load(config).get("data")
+    return {} if data is None else OmegaConf.to_container(data)
+
+
+def resolve_lowercase(cfg: DictConfig, recorded: dict, words: list[str]) -> bool:
+    if cfg.get("lowercase") is not None:
+        return bool(cfg.lowercase)
+    if "lowercase" in recorded:
+        return bool(recorded["lowercase"])
+    # A vocabulary built from lower-cased text has no upper-case entry; one built from raw
+    # text almost always has some.
+    guess = all(word == word.lower() for word in words)
+    log.warning("%s records no data.lowercase and lies in no training run directory; guessing "
+                "lowercase=%s from its vocabulary; pass lowercase=true|false to be sure",
+                cfg.ckpt_path, str(guess).lower())
+    return guess
+
+
+def resolve_max_word_length(cfg: DictConfig, recorded: dict) -> int:
+    if cfg.get("max_word_length") is not None:
+        return int(cfg.max_word_length)
+    if "max_word_length" in recorded:
+        return int(recorded["max_word_length"])
+    default = inspect.signature(TaggingDataModule).parameters["max_word_length"].default
+    log.warning("%s records no data.max_word_length; using the default %d (words longer than "
+                "that are clipped for character features); pass max_word_length= to change it",
+                cfg.ckpt_path, default)
+    return default
+
+
+# -- encoding, as the training datamodules do ---------------------------------------------------
+def classification_encoder(model, lowercase: bool):
+    tokens = model.vocabs["tokens"]
+
+    def encode(pool: list[Sentence]) -> list:
+        # The label-text and TSV readers split on whitespace, then lower-case if asked; the
+        # 0 is a placeholder label for the collate function.
+        return [(tokens.encode([w.lower() for w in words] if lowercase else words), 0)
+                for words, _ in pool]
+
+    return encode
+
+
+def tagging_encoder(model, lowercase: bool, max_word_length: int):
+    # The training datamodule's own encode(): word normalisation, character ids and word
+    # clipping are then the same code as in training. No max_length: every token gets a tag.
+    datamodule = TaggingDataModule(None, lowercase=lowercase, max_word_length=max_word_length)
+    datamodule.set_vocabs(model.vocabs)
+    placeholder = model.vocabs["tags"].itos[0]  # encode() wants tags; predictions ignore them
+
+    def encode(pool: list[Sentence]) -> list:
+        sentences = [TaggedSentence(words, [placeholder] * len(words), [line] * len(words))
+                     for words, line in pool]
+        return datamodule.encode(sentences, Path("<input>"))
+
+    return encode
+
+
+@torch.inference_mode()
+def predict_in_length_order(model, encoded: list, collate, batch_size: int,
+                            device: torch.device) -> list:
+    """``model.predict_step`` per example, batched by similar length, in input order."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    results = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = collate([encoded[i] for i in chosen]).to(device)
+        for index, result in zip(chosen, model.predict_step(batch, start // batch_size)):
+            results[index] = result
+    return results
+
+
+# -- output --------------------------------------------------------------------------------------
+def classification_writer(out: TextIO, labels: list[str], output_format: str):
+    if output_format == "tsv":
+        out.write("\t".join(["line", "text", "label", *(f"p({label})" for label in labels)]) + "\n")
+
+    def write(sentence: Sentence, probs: torch.Tensor) -> None:
+        words, line = sentence
+        probs = probs.tolist()
+        label = labels[max(range(len(probs)), key=probs.__getitem__)]
+        if output_format == "tsv":
+            out.write("\t".join([str(line), " ".join(words), label, *map(repr, probs)]) + "\n")
+        else:
+            record = {"line": line, "text": " ".join(words), "label": label,
+                      "probs": dict(zip(labels, probs))}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    return write
+
+
+def tagging_writer(out: TextIO, output_format: str):
+    def write(sentence: Sentence, tags: list[str]) -> None:
+        words, line = sentence
+        if output_format == "tsv":  # CoNLL style: token<TAB>tag, a blank line after a sentence
+            out.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
+        else:
+            out.write(json.dumps({"line": line, "tokens": words, "tags": tags},
+                                 ensure_ascii=False) + "\n")
+
+    return write
+
+
+@contextmanager
+def open_output(target: str):
+    if target == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with open(target, "w", encoding="utf-8", newline="\n") as handle:
+        yield handle
+
+
+# -- the command -----------------------------------------------------------------------------------
+def check_options(cfg: DictConfig) -> None:
+    for key, allowed in (("format", OUTPUT_FORMATS), ("input_format", INPUT_FORMATS)):
+        if cfg[key] not in allowed:
+            raise ConfigError(f"{key}={cfg[key]!r} is not one of {list(allowed)}")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
+
+
+def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
+    """Write a prediction per input sentence to ``out`` (default: ``cfg.output``); return how
+    many sentences were predicted."""
+    check_options(cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    model = load_model(cfg.ckpt_path, map_location=device)
+    if model.task == "language_model":
+        raise ConfigError(f"{cfg.ckpt_path} holds a character language model, which writes "
+                          "text rather than labelling it; use seqmodels-generate "
+                          f"ckpt_path={cfg.ckpt_path} prompt=...")
+    if model.task not in ("classification", "tagging"):
+        raise ConfigError(f"{cfg.ckpt_path} holds a {model.task} model; seqmodels-predict "
+                          "reads classifiers and taggers")
+    if model.task == "classification" and cfg.input_format != "text":
+        raise ConfigError(f"input_format={cfg.input_format} is for tagging checkpoints; a "
+                          "classifier reads one sentence a line (input_format=text)")
+    model.to(device).eval()
+    recorded = recorded_data_config(str(cfg.ckpt_path))
+    lowercase = resolve_lowercase(cfg, recorded, model.vocabs["tokens"].itos)
+
+    source = str(cfg.input)
+    name = "<stdin>" if source == "-" else source
+    sentences = read_sentences(input_lines(source, cfg.encoding_errors), cfg.input_format, name)
+    first = next(sentences, None)  # before any output: an empty input writes nothing at all
+    if first is None:
+        raise DataError("no sentence to predict: the input has only blank lines", name)
+    batch_size = int(cfg.batch_size)
+    with open_output(str(cfg.output)) if out is None else nullcontext(out) as stream:
+        if model.task == "classification":
+            encode, collate = classification_encoder(model, lowercase), collate_classification
+            write = classification_writer(stream, model.vocabs["labels"].itos, cfg.format)
+        else:
+            max_word_length = resolve_max_word_length(cfg, recorded)
+            encode, collate = tagging_encoder(model, lowercase, max_word_length), collate_tagging
+            write = tagging_writer(stream, cfg.format)
+        count = 0
+        for pool in pools(chain([first], sentences), batch_size * POOL_BATCHES):
+            for sentence, result in zip(pool, predict_in_length_order(
+                    model, encode(pool), collate, batch_size, device)):
+                write(sentence, result)
+            count += len(pool)
+    log.info("predicted %d sentences", count)
+    return count
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, without a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
