@@ -105,12 +105,13 @@ class SentimentClassifier(SequenceModule):
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, logits = self._step(batch)
         self.val_loss(loss, weight=len(batch))
         self.val_metrics(logits, batch.targets)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+        return logits.argmax(dim=-1)  # (B,) for callbacks (confusion matrix in TensorBoard)
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_metrics["acc"].compute())

@@ -319,9 +319,10 @@ class SequenceTagger(SequenceModule):
         oov.update(preds, batch.targets, batch.tokens == UNK_ID)
         return preds
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_metrics, self.val_oov)
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        preds = self._evaluate(batch, self.val_loss, self.val_metrics, self.val_oov)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        return preds  # (B, T) for callbacks (per-tag F1 in TensorBoard)
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_metrics(self.val_metrics, self.val_oov, "val/")
