@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
 
@@ -28,6 +30,20 @@ class SequenceModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
         self.vocabs: dict[str, Vocab] = {}
+        self.train_loss = MeanMetric()  # the epoch's mean training loss
+
+    def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> None:
+        """Log the step's loss (progress bar, logger) and add it to the epoch's mean, which
+        ``on_train_epoch_end`` logs. Logging the metric object itself every step would make
+        Lightning move it between devices every step: about 5% of an SST-2 step on a CPU."""
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch_size)
+        self.train_loss.update(loss.detach(), weight=weight)
+
+    def on_train_epoch_end(self) -> None:
+        # compute() syncs the mean over ranks, so each logs the same value; sync_dist says so.
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.train_loss.reset()
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or torch.optim.Adam

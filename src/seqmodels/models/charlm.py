@@ -93,7 +93,7 @@ class CharLanguageModel(SequenceModule):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.get_output_dim(), vocab_size)
 
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_loss_best = MinMetric()
         # The state carried from one window to the next, one per loop (validation may run in
         # the middle of a training epoch without disturbing the training state).
@@ -132,10 +132,9 @@ class CharLanguageModel(SequenceModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")
         size = len(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self.log_train_loss(loss, batch_size=size, weight=batch.targets.numel())
         self.log("train/bpc", loss / math.log(2), on_step=True, on_epoch=False, batch_size=size)
         self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
-        self.train_loss.update(loss.detach(), weight=batch.targets.numel())
         return loss
 
     def on_train_epoch_end(self) -> None:

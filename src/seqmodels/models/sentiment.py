@@ -70,7 +70,7 @@ class SentimentClassifier(SequenceModule):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -99,10 +99,7 @@ class SentimentClassifier(SequenceModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _ = self._step(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=len(batch))
-        self.train_loss(loss, weight=len(batch))
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log_train_loss(loss, batch_size=len(batch), weight=len(batch))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:

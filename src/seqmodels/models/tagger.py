@@ -248,7 +248,7 @@ class SequenceTagger(SequenceModule):
         self.val_oov, self.test_oov = SubsetAccuracy(), SubsetAccuracy()
         self.test_tag_stats = MulticlassStatScores(num_tags, average=None,
                                                    ignore_index=IGNORE_INDEX)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.test_report: list[dict] = []  # per-tag rows of the last test run
 
@@ -304,10 +304,7 @@ class SequenceTagger(SequenceModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _ = self._step(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=len(batch))
-        self.train_loss(loss, weight=self._num_tokens(batch))
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log_train_loss(loss, batch_size=len(batch), weight=self._num_tokens(batch))
         return loss
 
     def _evaluate(self, batch: Batch, loss_metric: MeanMetric, metrics: MetricCollection,
