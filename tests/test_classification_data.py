@@ -187,3 +187,24 @@ def test_batch_leaves_lengths_on_the_cpu():
     batch = collate_classification([([5, 6], 1)])
     moved = batch.to(torch.device("meta"))
     assert moved.tokens.device.type == "meta" and moved.lengths.device.type == "cpu"
+
+
+def test_char_features_spell_out_each_word_from_the_training_characters(tmp_path):
+    train = write_lines(tmp_path / "train.txt", ["1 good fun", "0 dull plot"])
+    test = write_lines(tmp_path / "test.txt", ["1 goodish xq fun"])
+    dm = TextClassificationDataModule(train, val_path=train, test_path=test, batch_size=4,
+                                      char_features=True, max_word_length=5)
+    dm.setup("test")
+    chars = dm.vocabs["chars"]
+    assert set(chars.itos[2:]) == set("goodfunullpt")  # training characters only
+    assert dm.model_sizes()["num_chars"] == len(chars)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.chars.shape == (1, 3, 5)  # 3 words, clipped to 5 characters
+    spelled = [[chars.itos[i] for i in word if i != PAD_ID] for word in batch.chars[0].tolist()]
+    # "goodish" keeps its first 3 and last 2 characters ("goosh"); s, h, x and q never occur
+    # in training: <unk>.
+    assert spelled == [[*"goo", "<unk>", "<unk>"], ["<unk>", "<unk>"], list("fun")]
+    assert batch.tokens[0, 1] == UNK_ID
+    plain = TextClassificationDataModule(train, val_path=train, batch_size=4)
+    plain.setup("fit")
+    assert "chars" not in plain.vocabs and next(iter(plain.train_dataloader())).chars is None

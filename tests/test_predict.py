@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqmodels.data.batching import Batch
-from seqmodels.data.tagging import clip_word
+from seqmodels.data.chars import clip_word
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.eval import load_model
@@ -135,6 +135,39 @@ def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, cla
     assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
     assert "guessing lowercase=true" in caplog.text
     assert probs(moved, lowercase="false") == pytest.approx(as_written[0], abs=1e-6)
+
+
+def test_classifier_with_character_features(tmp_path):
+    """Character ids are spelled (and long words clipped) as in training: probabilities equal
+    ``forward`` on ids and characters looked up by hand."""
+    lines = [f"{int('good' in s.lower() and 'not' not in s.lower())} {s}" for s in SENTENCES]
+    train_path = write_lines(tmp_path / "train.txt", lines * 2)
+    cfg = compose_config(tmp_path, [
+        "data=text_classification", f"data.train_path={train_path}",
+        f"data.val_path={train_path}", "data.lowercase=true", "data.batch_size=4",
+        "data.char_features=true", "data.max_word_length=4", "model.embedding_dim=8",
+        "model.encoder.hidden_size=8", "model.chars={embedding_dim: 4, hidden_size: 3}",
+        *QUIET])
+    _, objects = train(cfg)
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    model = load_model(ckpt).eval()
+    inputs = ["goodness gracious", "not dull", "zebra"]
+    rows = [json.loads(line) for line in run_predict(
+        ckpt, write_lines(tmp_path / "in.txt", inputs), format="jsonl").splitlines()]
+
+    words, chars = model.vocabs["tokens"].stoi, model.vocabs["chars"].stoi
+    expected = []
+    with torch.no_grad():
+        for sentence in inputs:
+            tokens = sentence.split()
+            spelled = [[chars.get(c, UNK_ID) for c in clip_word(w, 4)] for w in tokens]
+            width = max(map(len, spelled))
+            char_ids = torch.tensor([[c + [PAD_ID] * (width - len(c)) for c in spelled]])
+            ids = torch.tensor([[words.get(w, UNK_ID) for w in tokens]])
+            probs = model(ids, torch.tensor([len(tokens)]), char_ids).softmax(-1)[0]
+            expected.append(probs.tolist())
+    labels = model.vocabs["labels"].itos
+    assert_close([[row["probs"][label] for label in labels] for row in rows], expected)
 
 
 def test_stdin_to_stdout_through_the_command_line(tmp_path, classifier_ckpt):

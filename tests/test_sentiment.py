@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from seqmodels.data.batching import collate_classification
+from seqmodels.errors import ConfigError
 from seqmodels.eval import evaluate, load_model
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.train import train
@@ -79,15 +80,39 @@ def test_lstm_learns_negation_that_bag_of_words_cannot():
     assert bag_acc < 0.80  # a linear bag of words cannot express "polarity XOR negated"
 
 
-def test_predictions_do_not_depend_on_batch_padding():
+@pytest.mark.parametrize("chars", [False, True], ids=["words", "words+chars"])
+def test_predictions_do_not_depend_on_batch_padding(chars):
+    torch.manual_seed(0)
     model = SentimentClassifier(30, 3, {"cell": "gru", "hidden_size": 8, "bidirectional": True,
-                                        "num_layers": 2}, embedding_dim=6, pooling="max").eval()
+                                        "num_layers": 2}, embedding_dim=6, pooling="max",
+                                chars={"embedding_dim": 4, "hidden_size": 3} if chars else None,
+                                num_chars=12 if chars else None).eval()
+    spelled = [[[2, 3, 4], [5], [6, 7], [8, 9, 10, 11], [2]], [[3, 3]], [[4, 5], [6], [7, 8, 9]]]
     examples = [([3, 4, 5, 6, 7], 0), ([8], 1), ([9, 10, 11], 2)]
+    if chars:
+        examples = [(*example, words) for example, words in zip(examples, spelled)]
     batch = collate_classification(examples)
-    together = model(batch.tokens, batch.lengths)
+    together = model(batch.tokens, batch.lengths, batch.chars)
     for i, example in enumerate(examples):
         alone = collate_classification([example])
-        torch.testing.assert_close(together[i], model(alone.tokens, alone.lengths)[0])
+        torch.testing.assert_close(together[i], model(alone.tokens, alone.lengths,
+                                                      alone.chars)[0])
+
+
+def test_char_features_tell_unseen_words_apart():
+    """Two sentences of unseen words (both all ``<unk>``) differ only in spelling: a words-only
+    model must score them alike, one with character features must not."""
+    torch.manual_seed(0)
+    words_only = SentimentClassifier(10, 2, {"hidden_size": 8}, embedding_dim=6).eval()
+    with_chars = SentimentClassifier(10, 2, {"hidden_size": 8}, embedding_dim=6, num_chars=12,
+                                     chars={"embedding_dim": 4, "hidden_size": 3}).eval()
+    a = collate_classification([([1, 1], 0, [[2, 3, 4], [5, 6]])])  # 1 = <unk>
+    b = collate_classification([([1, 1], 0, [[7, 8], [9, 10, 11]])])
+    torch.testing.assert_close(words_only(a.tokens, a.lengths), words_only(b.tokens, b.lengths))
+    assert not torch.allclose(with_chars(a.tokens, a.lengths, a.chars),
+                              with_chars(b.tokens, b.lengths, b.chars))
+    with pytest.raises(ConfigError, match="data.char_features=true"):
+        SentimentClassifier(10, 2, {"hidden_size": 8}, chars={"hidden_size": 3})
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import torch
 from omegaconf import open_dict
 
 from seqmodels.data.batching import IGNORE_INDEX, Batch
-from seqmodels.data.tagging import TaggingDataModule, clip_word, collate_tagging
+from seqmodels.data.chars import clip_word
+from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.eval import evaluate

@@ -1,11 +1,11 @@
 """``seqmodels-predict``: label sentences or tag their tokens with a trained checkpoint.
 
 The model, its hyperparameters and its vocabularies come from the checkpoint. How the training
-data was normalised (``data.lowercase``, and for taggers ``data.max_word_length``) is not in the
-checkpoint: it is read from the ``config_resolved.yaml`` of the run whose ``checkpoints/``
-folder holds the checkpoint. A checkpoint moved elsewhere falls back to a guess (lower-case
-input when the vocabulary has no upper-case entry; the datamodule's default word length),
-with a warning; ``lowercase=`` and ``max_word_length=`` settle it.
+data was normalised (``data.lowercase``, and with character features ``data.max_word_length``)
+is not in the checkpoint: it is read from the ``config_resolved.yaml`` of the run whose
+``checkpoints/`` folder holds the checkpoint. A checkpoint moved elsewhere falls back to a
+guess (lower-case input when the vocabulary has no upper-case entry; the datamodule's default
+word length), with a warning; ``lowercase=`` and ``max_word_length=`` settle it.
 
 Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
 hold no sentence and are skipped; every output record names its input line (``line``).
@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.data.batching import collate_classification
+from seqmodels.data.classification import TextClassificationDataModule
 from seqmodels.data.conll import CONLLU_COLUMNS, CONLLU_FORM, DOCSTART, TaggedSentence
 from seqmodels.data.files import read_lines
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
@@ -153,14 +154,19 @@ def resolve_max_word_length(cfg: DictConfig, recorded: dict) -> int:
 
 
 # -- encoding, as the training datamodules do ---------------------------------------------------
-def classification_encoder(model, lowercase: bool):
-    tokens = model.vocabs["tokens"]
+def classification_encoder(model, lowercase: bool, max_word_length: int | None):
+    # The training datamodule's own encode() (word ids, and character ids for a model with
+    # character features); its readers split on whitespace and lower-case, as done here.
+    options = ({} if max_word_length is None
+               else {"char_features": True, "max_word_length": max_word_length})
+    datamodule = TextClassificationDataModule(None, **options)
+    datamodule.set_vocabs(model.vocabs)
+    placeholder = model.vocabs["labels"].itos[0]  # encode() wants labels; predictions ignore them
 
     def encode(pool: list[Sentence]) -> list:
-        # The label-text and TSV readers split on whitespace, then lower-case if asked; the
-        # 0 is a placeholder label for the collate function.
-        return [(tokens.encode([w.lower() for w in words] if lowercase else words), 0)
-                for words, _ in pool]
+        examples = [([w.lower() for w in words] if lowercase else words, placeholder, line)
+                    for words, line in pool]
+        return datamodule.encode(examples, Path("<input>"))
 
     return encode
 
@@ -274,11 +280,14 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
         raise DataError("no sentence to predict: the input has only blank lines", name)
     batch_size = int(cfg.batch_size)
     with open_output(str(cfg.output)) if out is None else nullcontext(out) as stream:
+        # Words are clipped for character features as in training.
+        max_word_length = (resolve_max_word_length(cfg, recorded) if "chars" in model.vocabs
+                           else None)
         if model.task == "classification":
-            encode, collate = classification_encoder(model, lowercase), collate_classification
+            encode = classification_encoder(model, lowercase, max_word_length)
+            collate = collate_classification
             write = classification_writer(stream, model.vocabs["labels"].itos, cfg.format)
         else:
-            max_word_length = resolve_max_word_length(cfg, recorded)
             encode, collate = tagging_encoder(model, lowercase, max_word_length), collate_tagging
             write = tagging_writer(stream, cfg.format)
         count = 0

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from seqmodels.data.chars import pad_chars
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import DataError
 
@@ -57,9 +58,15 @@ def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> tuple[Tensor
     return out, lengths
 
 
-def collate_classification(examples: Sequence[tuple[list[int], int]]) -> Batch:
-    tokens, lengths = pad([ids for ids, _ in examples])
-    return Batch(tokens, lengths, torch.tensor([label for _, label in examples], dtype=torch.long))
+def collate_classification(examples: Sequence[tuple]) -> Batch:
+    """Examples ``(token ids, label)``, or ``(token ids, label, spelled words)`` for models
+    with character features (``chars``: (B, T, W))."""
+    tokens, lengths = pad([example[0] for example in examples])
+    labels = torch.tensor([example[1] for example in examples], dtype=torch.long)
+    chars = None
+    if len(examples[0]) > 2:
+        chars = pad_chars([example[2] for example in examples], tokens.size(1))
+    return Batch(tokens, lengths, labels, chars)
 
 
 def distributed_rank_and_size() -> tuple[int, int]:

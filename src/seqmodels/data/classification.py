@@ -6,6 +6,7 @@ from pathlib import Path
 
 from seqmodels.data.base import SequenceDataModule
 from seqmodels.data.batching import collate_classification
+from seqmodels.data.chars import Speller, build_char_vocab
 from seqmodels.data.files import read_lines
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
@@ -69,6 +70,9 @@ class TextClassificationDataModule(SequenceDataModule):
     :param labels: the allowed label set; by default the labels seen in train.
     :param lowercase: lower-case tokens before they meet the vocabulary.
     :param min_freq, max_size: vocabulary limits (train only).
+    :param char_features: also spell every word out as character ids (``Batch.chars``), for a
+        model with character features (``model.chars``); ``max_word_length`` characters are
+        kept per word (the first and last ones).
     :param val_fraction: with no ``val_path``, this share of train (fixed seed) validates.
     """
 
@@ -84,6 +88,8 @@ class TextClassificationDataModule(SequenceDataModule):
         min_freq: int = 1,
         max_size: int | None = None,
         val_fraction: float = 0.1,
+        char_features: bool = False,
+        max_word_length: int = 30,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -97,6 +103,8 @@ class TextClassificationDataModule(SequenceDataModule):
         self.min_freq = min_freq
         self.max_size = max_size
         self.val_fraction = val_fraction
+        self.char_features = char_features
+        self.max_word_length = max_word_length
         self._carved: dict[str, list[Example]] = {}
 
     def read(self, path: Path) -> list[Example]:
@@ -140,12 +148,18 @@ class TextClassificationDataModule(SequenceDataModule):
             labels = label_order(seen)
         tokens = Vocab.build((t for t, _, _ in train), self.min_freq, self.max_size)
         log.info("vocabulary: %d tokens, %d labels %s", len(tokens), len(labels), labels)
-        return {"tokens": tokens, "labels": Vocab(labels, has_specials=False)}
+        vocabs = {"tokens": tokens, "labels": Vocab(labels, has_specials=False)}
+        if self.char_features:
+            vocabs["chars"] = build_char_vocab((t for t, _, _ in train), self.max_word_length)
+        return vocabs
 
     def encode(self, examples: list[Example], path: Path) -> list[tuple[list[int], int]]:
         tokens, labels = self.vocabs["tokens"], self.vocabs["labels"]
         self._check_labels(examples, labels.itos, path)
         encoded = [(tokens.encode(t), labels.index(label)) for t, label, _ in examples]
+        if self.char_features:
+            spell = Speller(self.vocabs["chars"], self.max_word_length)
+            encoded = [(*pair, spell(t)) for pair, (t, _, _) in zip(encoded, examples)]
         return self.truncate(encoded, path)
 
     @staticmethod
@@ -162,7 +176,10 @@ class TextClassificationDataModule(SequenceDataModule):
 
     def model_sizes(self) -> dict[str, int]:
         """What the model needs to size itself, read from the vocabularies."""
-        return {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
+        sizes = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
+        if self.char_features:
+            sizes["num_chars"] = len(self.vocabs["chars"])
+        return sizes
 
     @property
     def vocab_size(self) -> int:

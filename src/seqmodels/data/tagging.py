@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from seqmodels.data.base import SequenceDataModule
 from seqmodels.data.batching import IGNORE_INDEX, Batch, pad
+from seqmodels.data.chars import Speller, build_char_vocab, pad_chars
 from seqmodels.data.conll import TaggedSentence, read_columns, read_conllu
-from seqmodels.data.vocab import PAD_ID, Vocab
+from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -21,29 +20,12 @@ FORMATS = ("conllu", "column")
 Encoded = tuple[list[int], list[int], list[list[int]]]
 
 
-def clip_word(word: str, max_chars: int) -> str:
-    """A long word (URL, e-mail address) cut to ``max_chars`` characters, keeping both its
-    beginning and its end, where the prefixes and suffixes a tagger learns from are."""
-    if len(word) <= max_chars:
-        return word
-    head = (max_chars + 1) // 2
-    return word[:head] + word[len(word) - (max_chars - head):]
-
-
 def collate_tagging(examples: Sequence[Encoded]) -> Batch:
     """(B, T) word ids, (B,) lengths, (B, T) tag ids with ``IGNORE_INDEX`` at padding, and
     (B, T, W) character ids of each word (``PAD_ID`` after its end and at padded steps)."""
     tokens, lengths = pad([words for words, _, _ in examples])
     targets, _ = pad([tags for _, tags, _ in examples], value=IGNORE_INDEX)
-    steps = tokens.size(1)
-    width = max((len(c) for _, _, chars in examples for c in chars), default=1)
-    blank_word = [PAD_ID] * width
-    flat = []
-    for _, _, chars in examples:
-        flat.extend(c + [PAD_ID] * (width - len(c)) for c in chars)
-        flat.extend([blank_word] * (steps - len(chars)))
-    chars = torch.tensor(flat, dtype=torch.long).view(len(examples), steps, width)
-    return Batch(tokens, lengths, targets, chars)
+    return Batch(tokens, lengths, targets, pad_chars([c for _, _, c in examples], tokens.size(1)))
 
 
 class TaggingDataModule(SequenceDataModule):
@@ -106,8 +88,7 @@ class TaggingDataModule(SequenceDataModule):
                             self.min_freq, self.max_size)
         # Tags in order of first appearance would depend on the file order; sort instead.
         tags = Vocab(sorted({t for s in train for t in s.tags}), has_specials=False)
-        # Each word is a sequence of characters.
-        chars = Vocab.build(clip_word(w, self.max_word_length) for s in train for w in s.tokens)
+        chars = build_char_vocab((s.tokens for s in train), self.max_word_length)
         log.info("vocabulary: %d words, %d characters, %d tags %s", len(words), len(chars),
                  len(tags), tags.itos)
         return {"tokens": words, "tags": tags, "chars": chars}
@@ -115,17 +96,11 @@ class TaggingDataModule(SequenceDataModule):
     def encode(self, examples: list[TaggedSentence], path: Path) -> list[Encoded]:
         words, tags, chars = self.vocabs["tokens"], self.vocabs["tags"], self.vocabs["chars"]
         self._check_tags(examples, tags, path)
-        char_ids: dict[str, list[int]] = {}  # each word type is spelled out once
+        spell = Speller(chars, self.max_word_length)
         encoded = []
         for sentence in examples:
-            spelled = []
-            for word in sentence.tokens:
-                ids = char_ids.get(word)
-                if ids is None:
-                    ids = char_ids[word] = chars.encode(clip_word(word, self.max_word_length))
-                spelled.append(ids)
             encoded.append((words.encode([self.normalize(w) for w in sentence.tokens]),
-                            [tags.stoi[t] for t in sentence.tags], spelled))
+                            [tags.stoi[t] for t in sentence.tags], spell(sentence.tokens)))
         return self.truncate(encoded, path)
 
     @staticmethod

@@ -10,6 +10,7 @@ from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
+from seqmodels.models.char_features import CharWordEncoder
 from seqmodels.models.encoder import RNNEncoder
 
 POOLINGS = ("final", "max", "mean")
@@ -19,7 +20,11 @@ class SentimentClassifier(SequenceModule):
     """Embedding -> encoder -> pooled sentence vector -> dropout -> linear -> softmax.
 
     :param vocab_size, num_classes: read from the datamodule's vocabularies.
-    :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``).
+    :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``,
+        plus the character features' size).
+    :param chars: keyword arguments of ``CharWordEncoder``: a vector per word from its
+        characters, concatenated to its embedding, for the words training never saw (their
+        embedding is ``<unk>``'s); needs ``data.char_features=true`` (which gives ``num_chars``).
     :param pooling: ``final`` (the encoder's final states, directions combined), or ``max`` /
         ``mean`` over the real steps of the outputs.
     :param word_dropout: in training, replace this share of tokens by ``<unk>`` (Iyyer et al.
@@ -36,6 +41,8 @@ class SentimentClassifier(SequenceModule):
         num_classes: int,
         encoder: dict,
         embedding_dim: int = 300,
+        chars: dict | None = None,
+        num_chars: int | None = None,
         pooling: str = "final",
         word_dropout: float = 0.0,
         embedding_dropout: float = 0.0,
@@ -54,13 +61,18 @@ class SentimentClassifier(SequenceModule):
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
+        if chars is not None and not num_chars:
+            raise ConfigError("model.chars (character features) needs the data to spell words "
+                              "out: set data.char_features=true")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.pooling = pooling
         self.word_dropout = word_dropout
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
                                       sparse=sparse_embeddings)
+        self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
+        char_dim = 0 if self.char_encoder is None else self.char_encoder.get_output_dim()
         self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=embedding_dim, **encoder)
+        self.encoder = RNNEncoder(input_size=embedding_dim + char_dim, **encoder)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.encoder.get_output_dim(), num_classes)
 
@@ -73,17 +85,24 @@ class SentimentClassifier(SequenceModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
-    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T) token ids and (B,) lengths -> (B, num_classes) logits."""
+    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
+        """(B, T) token ids, (B,) lengths and, with character features, (B, T, W) character
+        ids -> (B, num_classes) logits."""
+        real = tokens != PAD_ID  # (B, T)
         if self.training and self.word_dropout > 0:
             dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
-            tokens = tokens.masked_fill(dropped & (tokens != PAD_ID), UNK_ID)
-        embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
+            tokens = tokens.masked_fill(dropped & real, UNK_ID)
+        vectors = self.embedding(tokens)  # (B, T, E)
+        if self.char_encoder is not None:
+            if chars is None:
+                raise ValueError("this model uses character features: pass the batch's chars")
+            vectors = torch.cat([vectors, self.char_encoder(chars, real)], dim=2)  # (B, T, E+C)
+        embedded = self.embedding_dropout(vectors)
         encoded = self.encoder(embedded, lengths)
         if self.pooling == "final":
             sentence = encoded.final  # (B, H_out)
         else:
-            mask = (tokens != PAD_ID).unsqueeze(2)  # (B, T, 1)
+            mask = real.unsqueeze(2)  # (B, T, 1)
             if self.pooling == "max":
                 sentence = encoded.outputs.masked_fill(~mask, float("-inf")).amax(dim=1)
             else:
@@ -91,7 +110,7 @@ class SentimentClassifier(SequenceModule):
         return self.classifier(self.dropout(sentence))
 
     def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        logits = self(batch.tokens, batch.lengths)
+        logits = self(batch.tokens, batch.lengths, batch.chars)
         return F.cross_entropy(logits, batch.targets), logits
 
     def on_train_start(self) -> None:
@@ -123,4 +142,4 @@ class SentimentClassifier(SequenceModule):
 
     @torch.no_grad()
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self(batch.tokens, batch.lengths).softmax(dim=-1)
+        return self(batch.tokens, batch.lengths, batch.chars).softmax(dim=-1)
