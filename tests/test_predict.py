@@ -129,9 +129,19 @@ def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, cla
         model, ["GOOD Film"], lowercase=False)
     assert lowered != as_written  # otherwise this test could not tell them apart
     assert probs(classifier_ckpt) == pytest.approx(lowered[0], abs=1e-6)
-    assert "guessing" not in caplog.text  # read from the run's config_resolved.yaml
-    # Moved out of its run directory: guessed from the (all lower-case) vocabulary, and said so.
+    # The checkpoint carries the setting, so it may move anywhere.
+    assert model.text_settings == {"lowercase": True}
     moved = Path(shutil.copy(classifier_ckpt, tmp_path / "moved.ckpt"))
+    assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
+    assert "guessing" not in caplog.text
+    # An older checkpoint without it: read from its run's config_resolved.yaml ...
+    old = torch.load(classifier_ckpt, weights_only=False)
+    del old["seqmodels"]["text_settings"]
+    torch.save(old, classifier_ckpt.parent / "old.ckpt")
+    assert probs(classifier_ckpt.parent / "old.ckpt") == pytest.approx(lowered[0], abs=1e-6)
+    assert "guessing" not in caplog.text
+    # ... and moved out of its run directory: guessed from the (all lower-case) vocabulary.
+    moved = Path(shutil.move(classifier_ckpt.parent / "old.ckpt", tmp_path / "old.ckpt"))
     assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
     assert "guessing lowercase=true" in caplog.text
     assert probs(moved, lowercase="false") == pytest.approx(as_written[0], abs=1e-6)
@@ -290,12 +300,18 @@ def test_tagger_reads_conllu_and_column_input(tmp_path, tagger_ckpt):
         run_predict(tagger_ckpt, broken, input_format="conllu")
 
 
-def test_tagger_word_clipping_is_read_from_the_run(tmp_path, tagger_ckpt, caplog):
+def test_tagger_word_clipping_comes_from_the_checkpoint(tmp_path, tagger_ckpt, caplog):
+    model = load_model(tagger_ckpt)
+    assert model.text_settings == {"lowercase": False, "max_word_length": 3}
     source = write_lines(tmp_path / "in.txt", ["the Teddybear"])
-    run_predict(tagger_ckpt, source)
-    assert "max_word_length" not in caplog.text  # data.max_word_length=3 came from the run
     moved = shutil.copy(tagger_ckpt, tmp_path / "moved.ckpt")
     run_predict(moved, source)
+    assert "max_word_length" not in caplog.text and "guessing" not in caplog.text
+    # An older checkpoint without the settings, away from its run: defaults, and said so.
+    old = torch.load(tagger_ckpt, weights_only=False)
+    del old["seqmodels"]["text_settings"]
+    torch.save(old, tmp_path / "old.ckpt")
+    run_predict(tmp_path / "old.ckpt", source)
     assert "records no data.max_word_length; using the default 30" in caplog.text
     # Capitalised words in the vocabulary: the guess is "not lower-cased".
     assert "guessing lowercase=false" in caplog.text

@@ -1,11 +1,12 @@
 """``seqmodels-predict``: label sentences or tag their tokens with a trained checkpoint.
 
-The model, its hyperparameters and its vocabularies come from the checkpoint. How the training
-data was normalised (``data.lowercase``, and with character features ``data.max_word_length``)
-is not in the checkpoint: it is read from the ``config_resolved.yaml`` of the run whose
-``checkpoints/`` folder holds the checkpoint. A checkpoint moved elsewhere falls back to a
-guess (lower-case input when the vocabulary has no upper-case entry; the datamodule's default
-word length), with a warning; ``lowercase=`` and ``max_word_length=`` settle it.
+The model, its hyperparameters, its vocabularies and how the training data was normalised
+(``data.lowercase``, and with character features ``data.max_word_length``: the datamodule's
+``text_settings``) all come from the checkpoint. A checkpoint written before those settings
+were saved falls back to the ``config_resolved.yaml`` of the run whose ``checkpoints/`` folder
+holds it, then to a guess (lower-case input when the vocabulary has no upper-case entry; the
+datamodule's default word length), with a warning; ``lowercase=`` and ``max_word_length=``
+settle it.
 
 Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
 hold no sentence and are skipped; every output record names its input line (``line``).
@@ -117,8 +118,11 @@ def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
 
 
 # -- how the training data was normalised -------------------------------------------------------
-def recorded_data_config(ckpt_path: str) -> dict:
-    """The ``data`` settings of the training run that wrote the checkpoint, if it can be found."""
+def recorded_data_config(ckpt_path: str, model) -> dict:
+    """How the training data was prepared: saved in the checkpoint (``text_settings``), or for
+    an older checkpoint the ``data`` settings of the run that wrote it, if it can be found."""
+    if model.text_settings:
+        return dict(model.text_settings)
     run = checkpoint_run_dir(ckpt_path)
     config = None if run is None else run / "config_resolved.yaml"
     if config is None or not config.is_file():
@@ -269,7 +273,7 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
         raise ConfigError(f"input_format={cfg.input_format} is for tagging checkpoints; a "
                           "classifier reads one sentence a line (input_format=text)")
     model.to(device).eval()
-    recorded = recorded_data_config(str(cfg.ckpt_path))
+    recorded = recorded_data_config(str(cfg.ckpt_path), model)
     lowercase = resolve_lowercase(cfg, recorded, model.vocabs["tokens"].itos)
 
     source = str(cfg.input)

@@ -37,6 +37,7 @@ def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Ligh
     # Plain containers, not DictConfig, so that checkpoints load with weights_only=True.
     model = build(cfg.model, _convert_="all", **datamodule.model_sizes())
     model.vocabs = datamodule.vocabs
+    model.text_settings = datamodule.text_settings()
     return datamodule, model
 
 

@@ -95,6 +95,11 @@ class SequenceDataModule(L.LightningDataModule):
         """Keyword arguments that size the model, read from the vocabularies."""
         raise NotImplementedError
 
+    def text_settings(self) -> dict:
+        """How raw text becomes ids besides the vocabularies (lower-casing, word clipping):
+        saved in checkpoints so that prediction prepares new text exactly as training did."""
+        return {}
+
     @staticmethod
     def length_of(item) -> int:
         return len(item[0])

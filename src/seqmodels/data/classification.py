@@ -174,6 +174,12 @@ class TextClassificationDataModule(SequenceDataModule):
                     number,
                 )
 
+    def text_settings(self) -> dict:
+        settings = {"lowercase": self.lowercase}
+        if self.char_features:
+            settings["max_word_length"] = self.max_word_length
+        return settings
+
     def model_sizes(self) -> dict[str, int]:
         """What the model needs to size itself, read from the vocabularies."""
         sizes = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}

@@ -113,6 +113,9 @@ class TaggingDataModule(SequenceDataModule):
                         f"predict it (known tags: {tags.itos}); fix the tag on this line, add "
                         "training sentences that use it, or map it to a known tag", path, number)
 
+    def text_settings(self) -> dict:
+        return {"lowercase": self.lowercase, "max_word_length": self.max_word_length}
+
     def model_sizes(self) -> dict[str, Any]:
         """What the model needs to size itself, read from the vocabularies: vocabulary sizes,
         and the tag names (for per-tag reports and span metrics)."""

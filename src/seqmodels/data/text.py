@@ -229,6 +229,10 @@ class CharTextDataModule(L.LightningDataModule):
                  f"{sum(len(t) for t in parts.values()):,}",
                  ", ".join(f"{s} {len(t):,}" for s, t in parts.items() if t), len(vocab))
 
+    def text_settings(self) -> dict:
+        """Nothing besides the character vocabulary turns text into ids here."""
+        return {}
+
     def model_sizes(self) -> dict[str, int]:
         return {"vocab_size": len(self.vocabs["chars"])}
 

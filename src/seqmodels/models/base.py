@@ -30,6 +30,8 @@ class SequenceModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
         self.vocabs: dict[str, Vocab] = {}
+        # How the datamodule turned text into ids (its text_settings()), for prediction.
+        self.text_settings: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
 
     def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> None:
@@ -62,8 +64,10 @@ class SequenceModule(L.LightningModule):
             "task": self.task,
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()},
+            "text_settings": self.text_settings,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("seqmodels", {})
         self.vocabs = {name: Vocab.from_dict(v) for name, v in saved.get("vocabs", {}).items()}
+        self.text_settings = saved.get("text_settings", {})
