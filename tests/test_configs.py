@@ -98,3 +98,11 @@ def test_wrong_type_is_refused(tmp_path):
         cfg.model.encoder.hidden_size = "big"
     with pytest.raises(ConfigError, match="hidden_size must be a positive integer"):
         build_data_and_model(cfg)
+
+
+@pytest.mark.parametrize("preset,cell,bidirectional", [
+    ("rnn", "rnn", False), ("lstm", "lstm", False), ("gru", "gru", False),
+    ("bilstm", "lstm", True), ("bigru", "gru", True)])
+def test_encoder_presets_are_what_their_names_say(tmp_path, preset, cell, bidirectional):
+    encoder = compose_config(tmp_path, [f"model/encoder={preset}"]).model.encoder
+    assert (encoder.cell, encoder.bidirectional) == (cell, bidirectional)

@@ -101,12 +101,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, objects
 
 
+def best_score(trainer: L.Trainer, monitor: str | None) -> float | None:
+    """The monitored metric at its best validation: the tested checkpoint's score."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor == monitor and callback.best_model_score is not None:
+            return float(callback.best_model_score)
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
-    # The value a sweeper optimises: the monitored validation metric.
-    return metrics.get(cfg.get("monitor"))
+    metrics, objects = train(cfg)
+    # What a sweeper optimises: the monitored metric at its best epoch (the checkpoint that was
+    # tested), not the last epoch's, which early stopping leaves `patience` epochs later.
+    best = best_score(objects["trainer"], cfg.get("monitor"))
+    return best if best is not None else metrics.get(cfg.get("monitor"))
 
 
 if __name__ == "__main__":
