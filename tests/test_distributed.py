@@ -41,12 +41,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 NO_DROPOUT = ["model.embedding_dropout=0", "model.dropout=0", "model.encoder.dropout=0"]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- the command each rank runs ---------------------------------------------------------------

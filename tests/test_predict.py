@@ -35,12 +35,7 @@ SENTENCES = ["The film is Good", "a BAD , dull film", "Not good at all", "good",
              "the plot is not bad and the acting is good", "Dull", "not Dull"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from seqmodels.runs import checkpoint_run_dir, epoch_seed, hydra_subdir, launcher_run_id, run_dir
 from seqmodels.train import train
 from tests.conftest import compose_config, run_cli
-from tests.test_distributed import ONE_THREAD, QUIET, one_thread, sentiment_data  # noqa: F401
+from tests.test_distributed import ONE_THREAD, QUIET, sentiment_data
 
 STAMP = "2026-01-01_00-00-00_000000"
 

@@ -21,15 +21,7 @@ from seqmodels.models.tagger import SequenceTagger, read_word_vectors, tag_repor
 from seqmodels.train import train
 from tests.conftest import compose_config, write_lines
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: a second intra-op thread gains nothing, and on a busy 2-core
-    machine every op would wait for it (measured: 70 s instead of 4 s for one test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENCODER = {"hidden_size": 8, "num_layers": 1, "bidirectional": True}

@@ -36,12 +36,7 @@ QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
          "callbacks.early_stopping=null"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def events(run_dir: Path) -> EventAccumulator:

@@ -4,7 +4,7 @@ training (Plank et al. 2016, Ling et al. 2015)."""
 import torch
 from torch import Tensor, nn
 
-from seqmodels.data.vocab import PAD_ID
+from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.models.encoder import RNNEncoder
 
 
@@ -51,3 +51,20 @@ class CharWordEncoder(nn.Module):
         out = vectors.new_zeros(*mask.shape, vectors.size(1))  # (B, T, D)
         out[mask] = vectors[which]
         return out
+
+
+def word_vectors(embedding: nn.Embedding, char_encoder: CharWordEncoder | None, tokens: Tensor,
+                 mask: Tensor, chars: Tensor | None, word_dropout: float = 0.0) -> Tensor:
+    """(B, T) word ids -> (B, T, E) embeddings, with each word's (B, T, C) character vector
+    concatenated when there is a character encoder. ``word_dropout`` (pass 0 outside training)
+    replaces that share of the real words (``mask``) by ``<unk>``; their characters stay, so
+    the ``<unk>`` vector and the character features learn to stand in for unseen words."""
+    if word_dropout > 0:
+        dropped = torch.rand(tokens.shape, device=tokens.device) < word_dropout
+        tokens = tokens.masked_fill(dropped & mask, UNK_ID)
+    vectors = embedding(tokens)
+    if char_encoder is None:
+        return vectors
+    if chars is None:
+        raise ValueError("this model uses character features: pass the batch's chars")
+    return torch.cat([vectors, char_encoder(chars, mask)], dim=2)

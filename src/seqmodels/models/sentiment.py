@@ -7,10 +7,10 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from seqmodels.data.batching import Batch
-from seqmodels.data.vocab import PAD_ID, UNK_ID
+from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
-from seqmodels.models.char_features import CharWordEncoder
+from seqmodels.models.char_features import CharWordEncoder, word_vectors
 from seqmodels.models.encoder import RNNEncoder
 
 POOLINGS = ("final", "max", "mean")
@@ -89,14 +89,8 @@ class SentimentClassifier(SequenceModule):
         """(B, T) token ids, (B,) lengths and, with character features, (B, T, W) character
         ids -> (B, num_classes) logits."""
         real = tokens != PAD_ID  # (B, T)
-        if self.training and self.word_dropout > 0:
-            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
-            tokens = tokens.masked_fill(dropped & real, UNK_ID)
-        vectors = self.embedding(tokens)  # (B, T, E)
-        if self.char_encoder is not None:
-            if chars is None:
-                raise ValueError("this model uses character features: pass the batch's chars")
-            vectors = torch.cat([vectors, self.char_encoder(chars, real)], dim=2)  # (B, T, E+C)
+        vectors = word_vectors(self.embedding, self.char_encoder, tokens, real, chars,
+                               self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
         embedded = self.embedding_dropout(vectors)
         encoded = self.encoder(embedded, lengths)
         if self.pooling == "final":

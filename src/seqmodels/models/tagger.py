@@ -26,7 +26,7 @@ from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
-from seqmodels.models.char_features import CharWordEncoder
+from seqmodels.models.char_features import CharWordEncoder, word_vectors
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.span_metrics import SpanF1, check_scheme, precision_recall_f1
 
@@ -212,14 +212,8 @@ class SequenceTagger(SequenceModule):
         """(B, T) word ids, (B,) lengths and (B, T, W) char ids -> (B, T, num_tags) logits."""
         steps = torch.arange(tokens.size(1), device=tokens.device)
         mask = steps < lengths.to(tokens.device).unsqueeze(1)  # (B, T): real tokens
-        if self.training and self.word_dropout > 0:
-            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
-            tokens = tokens.masked_fill(dropped & mask, UNK_ID)
-        vectors = self.embedding(tokens)  # (B, T, E)
-        if self.char_encoder is not None:
-            if chars is None:
-                raise ValueError("this tagger uses character features: pass the batch's chars")
-            vectors = torch.cat([vectors, self.char_encoder(chars, mask)], dim=2)  # (B, T, E+C)
+        vectors = word_vectors(self.embedding, self.char_encoder, tokens, mask, chars,
+                               self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
         encoded = self.encoder(self.embedding_dropout(vectors), lengths).outputs  # (B, T, H)
         return self.output(self.dropout(encoded))
 
