@@ -1,6 +1,7 @@
 """The sentiment task end to end: learning what only word order tells, padding invariance of
 predictions, training, checkpointing and evaluation through the CLIs' functions."""
 
+import csv
 import random
 from pathlib import Path
 
@@ -151,3 +152,19 @@ def test_train_then_eval_reproduces_the_validation_metric(tmp_path, tiny_sentime
     ], config_name="eval")
     eval_metrics, _ = evaluate(eval_cfg)
     assert eval_metrics["test/acc"] == pytest.approx(best_val_acc, abs=1e-6)
+
+
+def test_step_losses_reach_the_logger_every_log_every_n_steps(tmp_path, tiny_sentiment_files):
+    """The step loss is logged only on the steps Lightning writes to its loggers (``self.log``
+    is slow): the CSV log must hold it at exactly those steps, and the epoch mean every epoch."""
+    cfg = compose_config(tmp_path, [
+        *tiny_sentiment_files, "trainer.max_epochs=2", "data.batch_size=8", "logger=csv",
+        "trainer.log_every_n_steps=3", "model.embedding_dim=8", "model.encoder.hidden_size=8",
+        "callbacks=model_checkpoint", "test=false",
+    ])
+    _, objects = train(cfg)
+    steps_run = objects["trainer"].global_step
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
+    logged = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps_run == 20 and logged == [s for s in range(steps_run) if (s + 1) % 3 == 0]
+    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2

@@ -133,8 +133,10 @@ class CharLanguageModel(SequenceModule):
         loss = self._loss(batch, "train")
         size = len(batch)
         self.log_train_loss(loss, batch_size=size, weight=batch.targets.numel())
-        self.log("train/bpc", loss / math.log(2), on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
+        if self.logs_this_step():
+            self.log("train/bpc", loss / math.log(2), on_step=True, on_epoch=False,
+                     batch_size=size)
+            self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def on_train_epoch_end(self) -> None:
