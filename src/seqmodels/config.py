@@ -45,6 +45,15 @@ def build(cfg: DictConfig, **kwargs):
         raise
 
 
+def record_in_log_files(message: str) -> None:
+    """An error into the run's log files (``train.log``) only: the console gets it once, as
+    the last line, from ``exit_on_user_error``."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def exit_on_user_error(main):
     """For CLI mains: a user's mistake (bad data, impossible config) is one clear line on
     stderr and exit status 1, not a traceback; a run stopped by SIGTERM exits with 143."""
@@ -54,7 +63,7 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except SeqModelsError as error:
-            log.error("%s: %s", type(error).__name__, error)
+            record_in_log_files(f"{type(error).__name__}: {error}")
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
         except SIGTERMException:
