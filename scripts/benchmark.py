@@ -280,9 +280,12 @@ def section_overhead(bench: Bench) -> str:
         "faults (with glibc told to keep freed memory they drop to zero on both sides and the "
         "ratio stays), the progress bar and the TensorBoard views (dropping either changes "
         "nothing measurable), per-step `self.log` calls (now made only on the steps that reach "
-        "the loggers). With only the weight-averaging callback and the logger the ratio was "
-        "0.96; a py-spy profile of the default run puts callback hooks at 1.7% of the "
-        "training steps and Lightning's loop at 1.6%: no single culprit.",
+        "the loggers). Ablations of 8 timed epochs each: Lightning with nothing but the "
+        "weight-averaging callback (no progress bar, summary or checkpoints) gives 0.94, the "
+        "safety, TensorBoard-view and LR-monitor callbacks take that to 0.937, checkpoints and "
+        "early stopping to 0.930, and everything default to 0.923. So most of the gap is "
+        "Lightning's own loop (its closure, hooks and batch handling, about 1 ms a step), and "
+        "the default callbacks add under 2 points together.",
     ])
 
 
