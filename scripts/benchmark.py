@@ -550,8 +550,6 @@ def section_averaging(bench: Bench, task: Task) -> list[str]:
 
 def child_run(spec: dict) -> None:
     """In a child process: one plain-loop arm's repetitions, printed as JSON."""
-    import resource
-
     torch.set_num_threads(spec["threads"])
     with tempfile.TemporaryDirectory(prefix="seqmodels_bench_child_") as tmp:
         bench = Bench(Settings(False, spec["reps"], spec["threads"]), [], Path(tmp))
@@ -559,11 +557,9 @@ def child_run(spec: dict) -> None:
                                    [pl.ArmSpec("child", averaging=spec["averaging"])])
         reps = []
         for epoch in range(spec["reps"] + 1):
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             measured = arms[0].run_epoch(epoch, spec["batches"])
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             reps.append({"tokens_per_second": measured.tokens_per_second,
-                         "faults_per_batch": faults / measured.batches,
+                         "faults_per_batch": measured.faults / measured.batches,
                          "others": measured.others})
     print(json.dumps({"reps": reps[1:]}))
 
