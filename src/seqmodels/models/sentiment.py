@@ -30,6 +30,8 @@ class SentimentClassifier(SequenceModule):
     :param word_dropout: in training, replace this share of tokens by ``<unk>`` (Iyyer et al.
         2015): the model cannot lean on any single word and learns a useful ``<unk>`` vector.
     :param embedding_dropout: dropout on the word vectors; ``dropout``: before the classifier.
+    :param label_smoothing: the training loss's target puts this much weight evenly on all
+        classes (Szegedy et al. 2016); validation and test losses use the plain targets.
     :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
     """
 
@@ -47,6 +49,7 @@ class SentimentClassifier(SequenceModule):
         word_dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
+        label_smoothing: float = 0.0,
         sparse_embeddings: bool = False,
         optimizer=None,
         scheduler=None,
@@ -56,7 +59,7 @@ class SentimentClassifier(SequenceModule):
         if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling={pooling!r} is not one of {list(POOLINGS)}")
         for name, p in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
-                        ("dropout", dropout)):
+                        ("dropout", dropout), ("label_smoothing", label_smoothing)):
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
         if num_classes < 2:
@@ -67,6 +70,7 @@ class SentimentClassifier(SequenceModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.pooling = pooling
         self.word_dropout = word_dropout
+        self.label_smoothing = label_smoothing
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
                                       sparse=sparse_embeddings)
         self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
@@ -103,15 +107,15 @@ class SentimentClassifier(SequenceModule):
                 sentence = encoded.outputs.sum(dim=1) / lengths.to(tokens.device).unsqueeze(1)
         return self.classifier(self.dropout(sentence))
 
-    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def _step(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
         logits = self(batch.tokens, batch.lengths, batch.chars)
-        return F.cross_entropy(logits, batch.targets), logits
+        return F.cross_entropy(logits, batch.targets, label_smoothing=label_smoothing), logits
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, _ = self._step(batch)
+        loss, _ = self._step(batch, self.label_smoothing)
         self.log_train_loss(loss, batch_size=len(batch), weight=len(batch))
         return loss
 
