@@ -23,6 +23,8 @@ from seqmodels.distributed import (
 from seqmodels.errors import ConfigError
 from seqmodels.run_info import write_run_info
 from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
+from seqmodels.step_costs import SilentProfiler, frozen_garbage
+from seqmodels.stepping import Stepping
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Clipping and accumulation are the module's to carry out (seqmodels.stepping).
+    stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
+    profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}
+    trainer: L.Trainer = build(trainer_cfg, callbacks=callbacks, logger=loggers or False,
+                               **profiler)
     quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
 
     datamodule, model = build_data_and_model(cfg)
+    model.stepping = stepping
     write_run_info(cfg.paths.output_dir, cfg, datamodule.vocabs)
     if ckpt_path is not None:
         log.info("resuming from %s; outputs go to %s", ckpt_path, cfg.paths.output_dir)
 
-    with distributed_run(trainer):
+    with distributed_run(trainer), frozen_garbage():
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = dict(trainer.callback_metrics)
 

@@ -1,23 +1,37 @@
-"""What every task module shares: optimizer wiring from config partials, vocabularies saved in
-the checkpoint."""
+"""What every task module shares: optimizer wiring from config partials, the training step's
+optimization, vocabularies saved in the checkpoint."""
 
+import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
+from seqmodels.errors import ConfigError
+from seqmodels.stepping import Stepping
 
 
 class SequenceModule(L.LightningModule):
     """:param optimizer: a partial (``_partial_: true``) that takes the parameters.
     :param scheduler: an optional partial that takes the optimizer.
     :param scheduler_monitor: the metric a plateau scheduler watches.
+
+    Subclasses give the loss of a training batch (``training_loss``); the optimizer step is
+    taken here, with Lightning's manual optimization. Lightning's automatic loop (a closure,
+    more hooks and bookkeeping) costs about 0.4 ms a step, 2-3% of a short SST-2 step on a CPU
+    (docs/benchmarks.md, section 1). What that loop would do is done here the same way:
+    zeroing, gradient clipping after unscaling (``on_before_optimizer_step``), accumulation,
+    and stepping LR schedulers by step, by epoch or on a plateau; tests/test_stepping.py
+    compares the weights with Lightning's own loop. Clipping and accumulation are set in the
+    trainer config as usual; ``train`` hands them over as ``stepping``.
     """
 
     task: str  # written into checkpoints so that a tool can refuse another task's checkpoint
+    automatic_optimization = False
 
     def __init__(
         self,
@@ -33,11 +47,67 @@ class SequenceModule(L.LightningModule):
         # How the datamodule turned text into ids (its text_settings()), for prediction.
         self.text_settings: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
+        self.stepping = Stepping()
+        # The training loss summed on the spot: a MeanMetric update per step costs about
+        # 0.15 ms (its checks and broadcasting); the metric gets the sum once an epoch.
+        self._loss_sum, self._loss_weight = torch.zeros(()), 0
+
+    # -- the training step -------------------------------------------------------------------
+    def training_loss(self, batch, batch_idx: int) -> Tensor:
+        """The loss to minimise on one training batch (subclasses log what else they need)."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch, batch_idx)
+        optimizer = self.optimizers()
+        accumulate = self.stepping.accumulate_grad_batches
+        if batch_idx % accumulate == 0:
+            optimizer.zero_grad()  # where Lightning zeroes: after the first forward of a window
+        self.manual_backward(loss / accumulate if accumulate > 1 else loss)
+        if (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+            optimizer.step()  # on_before_optimizer_step clips first
+            self.step_lr_schedulers("step", batch_idx + 1)
+        return loss.detach()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Called after mixed precision unscaled the gradients, as Lightning's own clipping is.
+        if self.stepping.clips:
+            self.configure_gradient_clipping(optimizer, self.stepping.gradient_clip_val,
+                                             self.stepping.gradient_clip_algorithm)
+
+    def step_lr_schedulers(self, interval: str, count: int) -> None:
+        """Step the schedulers of this ``interval`` (``step`` or ``epoch``) whose frequency
+        divides ``count`` (batches or epochs so far), as Lightning's loop does; a plateau
+        scheduler gets ``scheduler_monitor``'s latest value."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval != interval or count % config.frequency:
+                continue
+            value = None
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                value = self.trainer.callback_metrics.get(self.scheduler_monitor)
+                if value is None:
+                    raise ConfigError(
+                        f"the plateau scheduler watches {self.scheduler_monitor!r}, which is not "
+                        f"logged; logged: {sorted(self.trainer.callback_metrics)}. Set "
+                        "model.scheduler_monitor (validation must run every epoch)")
+            self.lr_scheduler_step(config.scheduler, value)
+
+    def estimated_optimizer_steps(self) -> float:
+        """The optimizer steps training will take (``Trainer.estimated_stepping_batches``
+        counts batches here, since accumulation is ours): for per-step schedules."""
+        batches = self.trainer.estimated_stepping_batches  # sizes the train loader
+        if self.stepping.accumulate_grad_batches == 1 or not math.isfinite(batches):
+            return batches
+        per_epoch = math.ceil(self.trainer.num_training_batches
+                              / self.stepping.accumulate_grad_batches)
+        steps = per_epoch * max(self.trainer.max_epochs or 1, 1)
+        return min(steps, self.trainer.max_steps) if self.trainer.max_steps > 0 else steps
 
     def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> None:
         """Add the step's loss to the epoch's mean (``on_train_epoch_end`` logs it) and, on the
         steps whose numbers reach the loggers, log it (the progress bar shows it from there)."""
-        self.train_loss.update(loss.detach(), weight=weight)
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach() * weight
+        self._loss_weight += weight
         if self.logs_this_step():
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=batch_size)
@@ -51,10 +121,23 @@ class SequenceModule(L.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or self.global_step == 0 or connector.should_update_logs
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_train_loss(self) -> MeanMetric:
+        """The epoch's mean training loss, over every rank once computed."""
+        if self._loss_weight:
+            self.train_loss.update(self._loss_sum / self._loss_weight, weight=self._loss_weight)
+        self._loss_sum, self._loss_weight = torch.zeros(()), 0
+        return self.train_loss
+
+    def log_epoch_train_loss(self) -> None:
         # compute() syncs the mean over ranks, so each logs the same value; sync_dist says so.
-        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.log("train/loss_epoch", self.epoch_train_loss().compute(), sync_dist=True)
         self.train_loss.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_train_loss()
+        # Lightning skips this when it resumes at an epoch's end: the step was taken before.
+        if not self.trainer.fit_loop.restarting:
+            self.step_lr_schedulers("epoch", self.current_epoch + 1)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or torch.optim.Adam
@@ -62,11 +145,9 @@ class SequenceModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor,
-                             "interval": "epoch"},
-        }
+        # A plateau scheduler's metric is scheduler_monitor (step_lr_schedulers reads it).
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["seqmodels"] = {

@@ -129,7 +129,7 @@ class CharLanguageModel(SequenceModule):
     def on_train_epoch_start(self) -> None:
         self._states["train"] = None  # epoch k+1 starts again at the tracks' beginnings
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")
         size = len(batch)
         self.log_train_loss(loss, batch_size=size, weight=batch.targets.numel())
@@ -139,8 +139,8 @@ class CharLanguageModel(SequenceModule):
             self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        self._log_summary("train", self.train_loss, suffix="_epoch")
+    def log_epoch_train_loss(self) -> None:
+        self._log_summary("train", self.epoch_train_loss(), suffix="_epoch")
 
     def on_validation_epoch_start(self) -> None:
         self._states["val"] = None
@@ -179,7 +179,7 @@ class CharLanguageModel(SequenceModule):
             return super().configure_optimizers()
         factory = self.optimizer_factory or torch.optim.Adam
         optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
-        total_steps = self.trainer.estimated_stepping_batches
+        total_steps = self.estimated_optimizer_steps()
         if not math.isfinite(total_steps):
             raise ConfigError("model.scheduler_interval=step needs a known number of steps: set "
                               "trainer.max_epochs or trainer.max_steps")

@@ -114,7 +114,7 @@ class SentimentClassifier(SequenceModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _ = self._step(batch, self.label_smoothing)
         self.log_train_loss(loss, batch_size=len(batch), weight=len(batch))
         return loss

@@ -251,7 +251,7 @@ class SequenceTagger(SequenceModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _ = self._step(batch)
         self.log_train_loss(loss, batch_size=len(batch), weight=self._num_tokens(batch))
         return loss
