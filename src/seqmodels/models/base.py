@@ -93,15 +93,15 @@ class SequenceModule(L.LightningModule):
             self.lr_scheduler_step(config.scheduler, value)
 
     def estimated_optimizer_steps(self) -> float:
-        """The optimizer steps training will take (``Trainer.estimated_stepping_batches``
-        counts batches here, since accumulation is ours): for per-step schedules."""
-        batches = self.trainer.estimated_stepping_batches  # sizes the train loader
-        if self.stepping.accumulate_grad_batches == 1 or not math.isfinite(batches):
-            return batches
-        per_epoch = math.ceil(self.trainer.num_training_batches
-                              / self.stepping.accumulate_grad_batches)
-        steps = per_epoch * max(self.trainer.max_epochs or 1, 1)
-        return min(steps, self.trainer.max_steps) if self.trainer.max_steps > 0 else steps
+        """The optimizer steps training will take, for per-step schedules: Lightning's
+        ``estimated_stepping_batches`` with our accumulation (the trainer sees none)."""
+        trainer, accumulate = self.trainer, self.stepping.accumulate_grad_batches
+        estimate = trainer.estimated_stepping_batches  # also sizes the train loader
+        if (accumulate == 1 or trainer.max_epochs == -1
+                or not math.isfinite(trainer.num_training_batches)):
+            return estimate  # max_steps, when it decides, counts optimizer steps already
+        steps = math.ceil(trainer.num_training_batches / accumulate) * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> None:
         """Add the step's loss to the epoch's mean (``on_train_epoch_end`` logs it) and, on the
