@@ -25,9 +25,9 @@ class SilentProfiler(PassThroughProfiler):
 
 
 class SteadyRichProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, with the metrics it shows gathered only when it redraws
-    (every ``refresh_rate`` batches) rather than after every batch: gathering walks the logged
-    results and costs about 0.15 ms."""
+    """Lightning's rich progress bar, moved on and given its metrics every ``refresh_rate``
+    batches (and at an epoch's last batch) rather than after each one: gathering the logged
+    metrics costs about 0.15 ms, and the bar's own update takes a lock and a timing sample."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.is_disabled:
@@ -35,10 +35,10 @@ class SteadyRichProgressBar(RichProgressBar):
         if self.train_progress_bar_id is None:  # resumed in the middle of an epoch
             self._initialize_train_progress_bar_id()
         done = batch_idx + 1
-        self._update(self.train_progress_bar_id, done)
         if done % max(self.refresh_rate, 1) == 0 or done == self.total_train_batches:
+            self._update(self.train_progress_bar_id, done)
             self._update_metrics(trainer, pl_module)
-        self.refresh()
+            self.refresh()
 
 
 @contextlib.contextmanager
