@@ -4,12 +4,15 @@ where an uninterrupted run with the same seed ends, on one process or on several
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import open_dict
 
 from seqmodels.runs import checkpoint_run_dir, epoch_seed, hydra_subdir, launcher_run_id, run_dir
 from seqmodels.train import train
 from tests.conftest import compose_config, run_cli
+from tests.test_charlm import TEXT as CHARLM_TEXT
 from tests.test_distributed import ONE_THREAD, QUIET, sentiment_data
 
 STAMP = "2026-01-01_00-00-00_000000"
@@ -117,3 +120,60 @@ def test_a_one_process_run_resumes_on_two_processes_in_its_directory(tmp_path):
     assert final["global_step"] == steps_first + steps_first // 2
     assert final["epoch"] >= 1
     assert "val/acc" in json.loads((run / "metrics.json").read_text())
+
+
+class SaveInsideEpoch(L.Callback):
+    """Write a checkpoint after batch ``batch`` of epoch ``epoch``, as ``every_n_train_steps``
+    checkpoints and a SIGTERM are written: between two batches."""
+
+    def __init__(self, path: str, epoch: int = 1, batch: int = 2):
+        self.path, self.epoch, self.batch = path, epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            trainer.save_checkpoint(self.path)
+
+
+def sentiment_inside_epoch(tmp_path: Path) -> list[str]:
+    """Dropout and word dropout on (random draws), bucketing on (an epoch-specific order),
+    weights averaged (callback state)."""
+    data, _ = sentiment_data(tmp_path)
+    data = [o for o in data if not o.startswith(("model.embedding_dropout", "model.dropout",
+                                                 "model.word_dropout", "data.bucketing"))]
+    return [*data, "data.batch_size=16", "model.word_dropout=0.2", "data.bucketing=true",
+            "callbacks=[default,weight_averaging]"]
+
+
+def charlm_inside_epoch(tmp_path: Path) -> list[str]:
+    """The carried state across windows must come back too."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(CHARLM_TEXT, encoding="utf-8")
+    return ["experiment=shakespeare_char", "data=text_files", f"data.path={path}",
+            "data.batch_size=4", "data.bptt=16", "model.encoder.hidden_size=16",
+            "model.embedding_dim=8", "model.sample_every_n_steps=0"]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("task", [sentiment_inside_epoch, charlm_inside_epoch])
+def test_resumed_inside_an_epoch_ends_with_the_uninterrupted_weights(tmp_path, task):
+    """Epoch 1 is cut after its third batch: the resumed run must skip those three batches of
+    epoch 1's own order, draw what the uninterrupted run drew next, and carry what it
+    carried."""
+    common = [*task(tmp_path), "test=false", *QUIET, "trainer.max_epochs=2",
+              "logger=csv"]
+    middle = tmp_path / "middle.ckpt"
+    cfg = compose_config(tmp_path / "uninterrupted", common)
+    with open_dict(cfg):
+        cfg.callbacks.save_inside = {"_target_": "tests.test_resume.SaveInsideEpoch",
+                                     "path": str(middle)}
+    _, uninterrupted = train(cfg)
+    assert torch.load(middle, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"][
+        "current"]["completed"] == 2  # saved in batch 2's end hook: Lightning counts it next
+
+    resumed_cfg = compose_config(tmp_path / "resumed", [*common, f"ckpt_path={middle}"])
+    _, resumed = train(resumed_cfg)
+    assert resumed["trainer"].global_step == uninterrupted["trainer"].global_step
+    expected, got = uninterrupted["model"].state_dict(), resumed["model"].state_dict()
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name

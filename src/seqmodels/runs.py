@@ -6,17 +6,25 @@
 - Resuming from a checkpoint that lies in a run's ``checkpoints/`` folder continues in that
   run's directory: same checkpoints, same TensorBoard run, same log file.
 - Each training epoch's first batch starts from a seed made of (seed, epoch, rank), so a run
-  resumed at an epoch boundary draws the same dropout masks as one that never stopped.
+  resumed at an epoch boundary draws the same dropout masks as one that never stopped. A run
+  resumed inside an epoch gets the random state its checkpoint recorded (one process), and
+  its loader skips the batches already done (``SkipDoneBatches``).
 
 The resolvers are registered on import, before Hydra reads ``configs/hydra/train.yaml``.
 """
 
 import hashlib
+import logging
 import os
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
 
 # ckpt_path values that name no file: Lightning's own keywords.
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc")
@@ -79,6 +87,25 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def random_states() -> dict:
+    """torch's, Python's and NumPy's random states, in types a checkpoint loads safely."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (name, keys.tolist(), position, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class SeedEachEpoch(L.Callback):
     """Reseed torch, Python and NumPy before the first training batch of every epoch.
 
@@ -87,15 +114,58 @@ class SeedEachEpoch(L.Callback):
     uninterrupted run does. Seeding each epoch from (seed, epoch, rank) right before its first
     batch makes the stream of epoch k the same however the run got there. Ranks get different
     streams: dropout masks should not repeat across the shards of one batch.
+
+    A checkpoint written inside an epoch records the random state of that moment (between two
+    batches), and a one-process run resumed from it goes on from that state, so it draws what
+    the uninterrupted run drew. Under DDP only rank 0's state would be in the checkpoint: there
+    the resumed epoch is reseeded from (seed, epoch, rank), a different but reproducible stream.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
         self._seeded_epoch: int | None = None
+        self._resumed: dict | None = None  # the state a checkpoint recorded, until used
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._seeded_epoch, "random_states": random_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed = state_dict
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
                              batch_idx: int) -> None:
-        if self._seeded_epoch != trainer.current_epoch:
-            self._seeded_epoch = trainer.current_epoch
-            L.seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank),
-                              workers=True, verbose=False)
+        if self._seeded_epoch == trainer.current_epoch:
+            return
+        self._seeded_epoch = trainer.current_epoch
+        resumed, self._resumed = self._resumed, None
+        if (batch_idx > 0 and trainer.world_size == 1 and resumed
+                and resumed.get("epoch") == trainer.current_epoch):
+            set_random_states(resumed["random_states"])  # resumed inside this epoch
+            return
+        L.seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank),
+                          workers=True, verbose=False)
+
+
+class SkipDoneBatches(L.Callback):
+    """Resumed from a checkpoint written inside an epoch (every ``n`` steps, on SIGTERM, at a
+    mid-epoch validation), go on with the batches of that epoch the run had not reached.
+
+    Lightning restores its counters and counts on from them, but a loader without state would
+    start the epoch's order over and feed the done batches again. Ours leave them out
+    (``skip_batches`` of ``LengthBatchSampler`` and ``TrackBatches``); this is set when
+    training starts, after the checkpoint is restored and before the first batch is drawn.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        done = loop.batch_progress.current.processed
+        if not (loop.restarting and 0 < done < trainer.num_training_batches):
+            return
+        loader = trainer.train_dataloader
+        skipper = getattr(getattr(loader, "batch_sampler", None), "skip_batches",
+                          getattr(loader, "skip_batches", None))
+        if skipper is None:
+            log.warning("resuming inside epoch %d: this loader cannot skip the %d batches "
+                        "already done, so they are drawn again", trainer.current_epoch, done)
+            return
+        skipper(done)

@@ -22,7 +22,11 @@ from seqmodels.distributed import (
 )
 from seqmodels.errors import ConfigError
 from seqmodels.run_info import write_run_info
-from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
+from seqmodels.runs import (  # also registers Hydra resolvers
+    CHECKPOINT_KEYWORDS,
+    SeedEachEpoch,
+    SkipDoneBatches,
+)
 from seqmodels.step_costs import SilentProfiler, frozen_garbage
 from seqmodels.stepping import Stepping
 
@@ -74,6 +78,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(SameVocabularies())
+    callbacks.append(SkipDoneBatches())
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))

@@ -112,9 +112,15 @@ class LengthBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_batches(self, count: int) -> None:
+        """Leave out the first ``count`` batches of the next pass (this rank's): a run
+        resumed inside an epoch goes on with the batches it had not reached."""
+        self._skip = count
 
     @property
     def sampler(self) -> "LengthBatchSampler":
@@ -143,17 +149,21 @@ class LengthBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the order (and any skip) is settled when the first batch is drawn, not
+        # when the loader's iterator is made (Lightning makes it before training starts).
         rank, world = distributed_rank_and_size()
         if not self.even_shards:
             if world > len(self.lengths):
                 raise DataError(f"{len(self.lengths)} evaluation examples cannot be shared by "
                                 f"{world} processes; use fewer devices or more data")
-            return iter(self._all_batches(rank, world))
+            yield from self._all_batches(rank, world)
+            return
         batches = self._all_batches()
         if world > 1 and batches:
             total = math.ceil(len(batches) / world) * world
             batches += batches[: total - len(batches)]
-        return iter(batches[rank::world])
+        skip, self._skip = self._skip, 0
+        yield from batches[rank::world][skip:]
 
     def __len__(self) -> int:
         rank, world = distributed_rank_and_size()

@@ -132,12 +132,18 @@ class TrackBatches:
             self.tracks = self.tracks.pin_memory()
         self.batch_size = batch_size
         self.bptt = bptt
+        self._skip = 0
 
     def __len__(self) -> int:
         return math.ceil(self.length / self.bptt)
 
+    def skip_batches(self, count: int) -> None:
+        """Leave out the first ``count`` windows of the next pass (resuming inside an epoch)."""
+        self._skip = count
+
     def __iter__(self) -> Iterator[Batch]:
-        for start in range(0, self.length, self.bptt):
+        skip, self._skip = self._skip, 0
+        for start in range(skip * self.bptt, self.length, self.bptt):
             steps = min(self.bptt, self.length - start)
             tokens = self.tracks[:, start : start + steps]  # (B, T)
             targets = self.tracks[:, start + 1 : start + steps + 1]  # (B, T)

@@ -187,6 +187,19 @@ class CharLanguageModel(SequenceModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The carried state, for a run resumed inside an epoch (one process: rank 0's).
+        checkpoint["seqmodels"]["carried_state"] = self._states.get("train")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # Resumed inside an epoch, Lightning skips on_train_epoch_start: the tracks go on from
+        # here. A new epoch still starts from zero. Under DDP the checkpoint has only rank 0's.
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            self._states["train"] = checkpoint.get("seqmodels", {}).get("carried_state")
+
     # -- samples in TensorBoard ----------------------------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every, step = self.hparams.sample_every_n_steps, self.global_step
