@@ -103,14 +103,17 @@ class SequenceModule(L.LightningModule):
         steps = math.ceil(trainer.num_training_batches / accumulate) * max(trainer.max_epochs, 1)
         return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
-    def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> None:
+    def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> bool:
         """Add the step's loss to the epoch's mean (``on_train_epoch_end`` logs it) and, on the
-        steps whose numbers reach the loggers, log it (the progress bar shows it from there)."""
+        steps whose numbers reach the loggers, log it (the progress bar shows it from there).
+        Returns whether this step logs (for a subclass's other per-step values)."""
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach() * weight
         self._loss_weight += weight
-        if self.logs_this_step():
+        logs = self.logs_this_step()
+        if logs:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=batch_size)
+        return logs
 
     def logs_this_step(self) -> bool:
         """Whether this training step's numbers reach the loggers (every

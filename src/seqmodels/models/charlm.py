@@ -132,8 +132,7 @@ class CharLanguageModel(SequenceModule):
     def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")
         size = len(batch)
-        self.log_train_loss(loss, batch_size=size, weight=batch.targets.numel())
-        if self.logs_this_step():
+        if self.log_train_loss(loss, batch_size=size, weight=batch.targets.numel()):
             self.log("train/bpc", loss / math.log(2), on_step=True, on_epoch=False,
                      batch_size=size)
             self.log("train/ppl", loss.exp(), on_step=True, on_epoch=False, batch_size=size)
