@@ -28,18 +28,63 @@ class ListDataset(Dataset):
         return self.items[index]
 
 
-class SequenceDataModule(L.LightningDataModule):
-    """:param train_path, val_path, test_path: the split files.
-    :param dataset: a dataset known by name (``sst2``, ``ud_ewt``) to fetch into ``data_dir``
-        when its files are missing; None for a user's own files.
-    :param batch_size: examples per training batch (per device under DDP).
-    :param eval_batch_size: examples per validation/test batch; defaults to ``batch_size``.
-    :param bucketing: group examples of similar length into batches (less padding).
-    :param max_length: longest sequence kept; longer ones are truncated (``on_long=truncate``,
-        counted in the log) or refused (``on_long=error``).
+class DataModuleBase(L.LightningDataModule):
+    """What every seqmodels datamodule has: a named dataset to fetch when its files are
+    missing (or a user's own files), batch sizes, file decoding, the vocabularies, and how
+    text becomes ids.
+
+    :param dataset: a dataset known by name (``sst2``, ``ud_ewt``, ``tinyshakespeare``) to
+        fetch into ``data_dir`` when its files are missing; None for a user's own files.
+    :param batch_size: examples (tracks, for text) per training batch, per device under DDP.
+    :param eval_batch_size: per validation/test batch; defaults to ``batch_size``.
+    :param encoding_errors: ``strict`` (bad UTF-8 is an error naming file, line and byte),
+        ``replace`` or ``ignore``.
     """
 
     task: str  # matches the task of the models that read this data
+
+    def __init__(self, dataset: str | None, data_dir: str | None, download: bool,
+                 batch_size: int, eval_batch_size: int | None, encoding_errors: str,
+                 pin_memory: bool):
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise DataError(f"data.{name} must be positive, got {value}")
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.download = download
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.encoding_errors = encoding_errors
+        self.pin_memory = pin_memory
+        self.vocabs: dict[str, Vocab] | None = None
+        # What train.py and eval.py look at: which splits exist (split -> file, or None).
+        self.paths: dict[str, str | None] = {}
+
+    def set_vocabs(self, vocabs: dict[str, Vocab]) -> None:
+        """Use a trained model's vocabularies instead of building them from train."""
+        self.vocabs = vocabs
+
+    def model_sizes(self) -> dict[str, int]:
+        """Keyword arguments that size the model, read from the vocabularies."""
+        raise NotImplementedError
+
+    def text_settings(self) -> dict:
+        """How raw text becomes ids besides the vocabularies (lower-casing, word clipping):
+        saved in checkpoints so that prediction prepares new text exactly as training did."""
+        return {}
+
+
+class SequenceDataModule(DataModuleBase):
+    """Examples read from one file per split, batched by length.
+
+    :param train_path, val_path, test_path: the split files.
+    :param bucketing: group examples of similar length into batches (less padding).
+    :param max_length: longest sequence kept; longer ones are truncated (``on_long=truncate``,
+        counted in the log) or refused (``on_long=error``).
+    The other parameters are ``DataModuleBase``'s and the DataLoader's.
+    """
+
     collate_fn: Callable
 
     def __init__(
@@ -60,25 +105,16 @@ class SequenceDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__()
-        if batch_size < 1:
-            raise DataError(f"data.batch_size must be positive, got {batch_size}")
+        super().__init__(dataset, data_dir, download, batch_size, eval_batch_size,
+                         encoding_errors, pin_memory)
         if on_long not in ("truncate", "error"):
             raise DataError(f"data.on_long={on_long!r} is not one of ['truncate', 'error']")
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
-        self.dataset = dataset
-        self.data_dir = data_dir
-        self.download = download
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.bucketing = bucketing
         self.max_length = max_length
         self.on_long = on_long
-        self.encoding_errors = encoding_errors
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
         self.seed = seed
-        self.vocabs: dict[str, Vocab] | None = None
         self.splits: dict[str, ListDataset] = {}
 
     # -- what a task defines -------------------------------------------------------------
@@ -91,15 +127,6 @@ class SequenceDataModule(L.LightningDataModule):
     def encode(self, examples: list, path: Path) -> list:
         raise NotImplementedError
 
-    def model_sizes(self) -> dict[str, int]:
-        """Keyword arguments that size the model, read from the vocabularies."""
-        raise NotImplementedError
-
-    def text_settings(self) -> dict:
-        """How raw text becomes ids besides the vocabularies (lower-casing, word clipping):
-        saved in checkpoints so that prediction prepares new text exactly as training did."""
-        return {}
-
     @staticmethod
     def length_of(item) -> int:
         return len(item[0])
@@ -110,10 +137,6 @@ class SequenceDataModule(L.LightningDataModule):
         configured = [Path(p) for p in self.paths.values() if p is not None]
         if self.dataset is not None and not all(p.is_file() for p in configured):
             ensure_dataset(self.dataset, self.data_dir, download=self.download)
-
-    def set_vocabs(self, vocabs: dict[str, Vocab]) -> None:
-        """Use a trained model's vocabularies instead of building them from train."""
-        self.vocabs = vocabs
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocabs is None:

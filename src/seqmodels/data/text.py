@@ -12,10 +12,10 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 
+from seqmodels.data.base import DataModuleBase
 from seqmodels.data.batching import Batch, distributed_rank_and_size
 from seqmodels.data.download import ensure_dataset
 from seqmodels.data.files import ENCODING_ERRORS
@@ -151,7 +151,7 @@ class TrackBatches:
             yield Batch(tokens, lengths, targets)
 
 
-class CharTextDataModule(L.LightningDataModule):
+class CharTextDataModule(DataModuleBase):
     """Characters of one text, for a language model.
 
     :param path: a UTF-8 text file, or a folder whose files are joined in path order.
@@ -159,11 +159,8 @@ class CharTextDataModule(L.LightningDataModule):
         when it is missing; None for a user's own text.
     :param val_fraction, test_fraction: the shares of the text, taken from its end, that
         validate and test (test last; ``test_fraction=0``: no test split).
-    :param batch_size: tracks per training batch (per device under DDP).
-    :param eval_batch_size: tracks per validation/test batch; defaults to ``batch_size``.
     :param bptt: characters per window (the truncation length of backpropagation).
-    :param encoding_errors: ``strict`` (bad UTF-8 is an error naming file, line and byte),
-        ``replace`` or ``ignore``.
+    The other parameters are ``DataModuleBase``'s (batch sizes count tracks here).
     """
 
     task = "language_model"
@@ -182,7 +179,8 @@ class CharTextDataModule(L.LightningDataModule):
         encoding_errors: str = "strict",
         pin_memory: bool = False,
     ):
-        super().__init__()
+        super().__init__(dataset, data_dir, download, batch_size, eval_batch_size,
+                         encoding_errors, pin_memory)
         if path is None:
             raise DataError("no text configured: set data.path to a UTF-8 file or folder")
         if not 0.0 < val_fraction < 1.0:
@@ -192,33 +190,18 @@ class CharTextDataModule(L.LightningDataModule):
                 f"data.test_fraction={test_fraction} must be in [0, 1) and leave training text "
                 f"beside data.val_fraction={val_fraction}"
             )
-        for name, value in (("batch_size", batch_size), ("bptt", bptt),
-                            ("eval_batch_size", eval_batch_size or 1)):
-            if value < 1:
-                raise DataError(f"data.{name} must be positive, got {value}")
+        if bptt < 1:
+            raise DataError(f"data.bptt must be positive, got {bptt}")
         self.path = path
-        # What train.py and eval.py look at: which splits exist.
         self.paths = {"train": path, "val": path, "test": path if test_fraction > 0 else None}
-        self.dataset = dataset
-        self.data_dir = data_dir
-        self.download = download
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.bptt = bptt
-        self.encoding_errors = encoding_errors
-        self.pin_memory = pin_memory
-        self.vocabs: dict[str, Vocab] | None = None
         self.splits: dict[str, Tensor] = {}  # split -> (N,) character ids
 
     def prepare_data(self) -> None:
         if self.dataset is not None:
             ensure_dataset(self.dataset, self.data_dir, download=self.download)
-
-    def set_vocabs(self, vocabs: dict[str, Vocab]) -> None:
-        """Use a trained model's vocabulary instead of building one from train."""
-        self.vocabs = vocabs
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -234,10 +217,6 @@ class CharTextDataModule(L.LightningDataModule):
         log.info("text: %s characters (%s), vocabulary of %d characters",
                  f"{sum(len(t) for t in parts.values()):,}",
                  ", ".join(f"{s} {len(t):,}" for s, t in parts.items() if t), len(vocab))
-
-    def text_settings(self) -> dict:
-        """Nothing besides the character vocabulary turns text into ids here."""
-        return {}
 
     def model_sizes(self) -> dict[str, int]:
         return {"vocab_size": len(self.vocabs["chars"])}
