@@ -4,10 +4,8 @@ where an uninterrupted run with the same seed ends, on one process or on several
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from omegaconf import open_dict
 
 from seqmodels.runs import checkpoint_run_dir, epoch_seed, hydra_subdir, launcher_run_id, run_dir
 from seqmodels.train import train
@@ -122,53 +120,48 @@ def test_a_one_process_run_resumes_on_two_processes_in_its_directory(tmp_path):
     assert "val/acc" in json.loads((run / "metrics.json").read_text())
 
 
-class SaveInsideEpoch(L.Callback):
-    """Write a checkpoint after batch ``batch`` of epoch ``epoch``, as ``every_n_train_steps``
-    checkpoints and a SIGTERM are written: between two batches."""
-
-    def __init__(self, path: str, epoch: int = 1, batch: int = 2):
-        self.path, self.epoch, self.batch = path, epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            trainer.save_checkpoint(self.path)
-
-
-def sentiment_inside_epoch(tmp_path: Path) -> list[str]:
+def sentiment_inside_epoch(tmp_path: Path) -> tuple[list[str], int]:
     """Dropout and word dropout on (random draws), bucketing on (an epoch-specific order),
-    weights averaged (callback state)."""
+    weights averaged (callback state). 128 sentences, 8 batches an epoch."""
     data, _ = sentiment_data(tmp_path)
     data = [o for o in data if not o.startswith(("model.embedding_dropout", "model.dropout",
                                                  "model.word_dropout", "data.bucketing"))]
     return [*data, "data.batch_size=16", "model.word_dropout=0.2", "data.bucketing=true",
-            "callbacks=[default,weight_averaging]"]
+            "callbacks=[default,weight_averaging,step_checkpoint]"], 8
 
 
-def charlm_inside_epoch(tmp_path: Path) -> list[str]:
-    """The carried state across windows must come back too."""
+def sentiment_with_loader_workers(tmp_path: Path) -> tuple[list[str], int]:
+    """Worker processes draw indices as soon as the loader's iterator is made."""
+    overrides, batches = sentiment_inside_epoch(tmp_path)
+    return [*overrides, "data.num_workers=2"], batches
+
+
+def charlm_inside_epoch(tmp_path: Path) -> tuple[list[str], int]:
+    """The carried state across windows must come back too. 19 windows an epoch."""
     path = tmp_path / "tiny.txt"
     path.write_text(CHARLM_TEXT, encoding="utf-8")
     return ["experiment=shakespeare_char", "data=text_files", f"data.path={path}",
             "data.batch_size=4", "data.bptt=16", "model.encoder.hidden_size=16",
-            "model.embedding_dim=8", "model.sample_every_n_steps=0"]
+            "model.embedding_dim=8", "model.sample_every_n_steps=0",
+            "callbacks=[default,step_checkpoint]"], 19
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("task", [sentiment_inside_epoch, charlm_inside_epoch])
+@pytest.mark.parametrize("task", [sentiment_inside_epoch, sentiment_with_loader_workers,
+                                  charlm_inside_epoch])
 def test_resumed_inside_an_epoch_ends_with_the_uninterrupted_weights(tmp_path, task):
-    """Epoch 1 is cut after its third batch: the resumed run must skip those three batches of
-    epoch 1's own order, draw what the uninterrupted run drew next, and carry what it
-    carried."""
-    common = [*task(tmp_path), "test=false", *QUIET, "trainer.max_epochs=2",
-              "logger=csv"]
-    middle = tmp_path / "middle.ckpt"
+    """The step checkpoint is written after the third batch of epoch 1 (and not again): the
+    resumed run must skip those three batches of epoch 1's own order, draw what the
+    uninterrupted run drew next, and carry what it carried."""
+    overrides, batches = task(tmp_path)
+    common = [*overrides, f"callbacks.step_checkpoint.every_n_train_steps={batches + 3}",
+              "test=false", *QUIET, "trainer.max_epochs=2", "logger=csv"]
     cfg = compose_config(tmp_path / "uninterrupted", common)
-    with open_dict(cfg):
-        cfg.callbacks.save_inside = {"_target_": "tests.test_resume.SaveInsideEpoch",
-                                     "path": str(middle)}
     _, uninterrupted = train(cfg)
-    assert torch.load(middle, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"][
-        "current"]["completed"] == 2  # saved in batch 2's end hook: Lightning counts it next
+    middle = Path(cfg.paths.output_dir) / "checkpoints" / "last_step.ckpt"
+    saved = torch.load(middle, weights_only=True)
+    assert saved["global_step"] == batches + 3
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 2
 
     resumed_cfg = compose_config(tmp_path / "resumed", [*common, f"ckpt_path={middle}"])
     _, resumed = train(resumed_cfg)

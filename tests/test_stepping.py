@@ -68,7 +68,8 @@ def loader(seed: int) -> DataLoader:
     return DataLoader(batches, batch_size=None)
 
 
-def fit(cls, settings: dict, scheduler, manual: bool):
+def fit(cls, settings: dict, scheduler, manual: bool, callbacks=(), ckpt_path=None,
+        **trainer_kwargs):
     torch.manual_seed(0)
     model = cls(vocab_size=VOCAB, num_classes=2, embedding_dim=8, scheduler=scheduler,
                 encoder={"cell": "lstm", "hidden_size": 6, "bidirectional": True},
@@ -78,11 +79,14 @@ def fit(cls, settings: dict, scheduler, manual: bool):
         model.stepping = Stepping(**settings)
     else:
         trainer_settings = settings
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
+    checkpoints = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    options = {"max_epochs": 3, "enable_checkpointing": checkpoints, **trainer_settings,
+               **trainer_kwargs}
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
-                        **trainer_settings)
-    trainer.fit(model, train_dataloaders=loader(1), val_dataloaders=loader(2))
+                        callbacks=list(callbacks), **options)
+    trainer.fit(model, train_dataloaders=loader(1), val_dataloaders=loader(2),
+                ckpt_path=ckpt_path)
     return model, trainer
 
 
@@ -97,13 +101,21 @@ CASES = {
                             SentimentClassifier),
     "one-cycle each step, accumulate 2": ({"accumulate_grad_batches": 2}, None, PerStepSchedule),
 }
+# A validation every 2 batches falls inside the windows of 3: their gradients must survive it.
+VALIDATION_INSIDE_WINDOWS = {"val_check_interval": 2}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, "validation inside windows of 3"])
 def test_manual_steps_give_the_weights_of_lightnings_automatic_loop(case, one_thread):
-    settings, scheduler, cls = CASES[case]
-    ours, our_trainer = fit(cls, settings, scheduler, manual=True)
-    reference, reference_trainer = fit(automatic(cls), settings, scheduler, manual=False)
+    extra = {}
+    if case == "validation inside windows of 3":
+        settings, scheduler, cls = {"accumulate_grad_batches": 3}, None, SentimentClassifier
+        extra = VALIDATION_INSIDE_WINDOWS
+    else:
+        settings, scheduler, cls = CASES[case]
+    ours, our_trainer = fit(cls, settings, scheduler, manual=True, **extra)
+    reference, reference_trainer = fit(automatic(cls), settings, scheduler, manual=False,
+                                       **extra)
 
     assert our_trainer.global_step == reference_trainer.global_step
     accumulate = settings.get("accumulate_grad_batches", 1)
@@ -142,3 +154,38 @@ def test_the_trainer_config_keeps_clipping_and_accumulation_for_the_module(tmp_p
     assert stepping == Stepping(gradient_clip_val=0.5, accumulate_grad_batches=4)
     assert "gradient_clip_val" not in trainer_cfg and "accumulate_grad_batches" not in trainer_cfg
     assert trainer_cfg.default_root_dir == str(tmp_path / "run")  # resolved, not dangling
+
+
+class SaveInsideEpoch(L.Callback):
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (1, 2):
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.parametrize("saved", ["inside an epoch", "at a validation's end"])
+def test_a_resumed_run_takes_every_epoch_schedule_step(tmp_path, saved, one_thread):
+    """The epoch scheduler steps after an epoch's last batch, so a checkpoint written inside
+    the epoch, or at a validation before the epoch ends, is resumed without losing one."""
+    schedule = functools.partial(StepLR, step_size=1, gamma=0.5)
+    path = tmp_path / "saved.ckpt"
+    if saved == "inside an epoch":
+        callbacks, extra = [SaveInsideEpoch(path)], {}
+    else:  # validation every other epoch: the checkpoint of epoch 1 comes from its end
+        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="saved",
+                                                         monitor="val/loss", save_top_k=-1)]
+        extra = {"check_val_every_n_epoch": 2}
+    _, uninterrupted = fit(SentimentClassifier, {}, schedule, manual=True, callbacks=callbacks,
+                           **extra)
+    _, resumed = fit(SentimentClassifier, {}, schedule, manual=True, ckpt_path=path, **extra)
+    lrs = [t.optimizers[0].param_groups[0]["lr"] for t in (uninterrupted, resumed)]
+    assert lrs[0] == lrs[1] == 0.01 * 0.5 ** 3
+
+
+def test_a_run_ending_inside_an_epoch_skips_the_plateau_step(one_thread):
+    """max_steps ends the run before the epoch's validation: no metric to step on, no error."""
+    schedule = functools.partial(ReduceLROnPlateau, patience=0)
+    _, trainer = fit(SentimentClassifier, {}, schedule, manual=True, max_steps=3)
+    assert trainer.global_step == 3

@@ -8,13 +8,12 @@
 - Each training epoch's first batch starts from a seed made of (seed, epoch, rank), so a run
   resumed at an epoch boundary draws the same dropout masks as one that never stopped. A run
   resumed inside an epoch gets the random state its checkpoint recorded (one process), and
-  its loader skips the batches already done (``SkipDoneBatches``).
+  its loader leaves out the batches already done (``batches_done_in_resumed_epoch``).
 
 The resolvers are registered on import, before Hydra reads ``configs/hydra/train.yaml``.
 """
 
 import hashlib
-import logging
 import os
 import random
 from pathlib import Path
@@ -23,8 +22,6 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-
-log = logging.getLogger(__name__)
 
 # ckpt_path values that name no file: Lightning's own keywords.
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc")
@@ -145,27 +142,3 @@ class SeedEachEpoch(L.Callback):
         L.seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank),
                           workers=True, verbose=False)
 
-
-class SkipDoneBatches(L.Callback):
-    """Resumed from a checkpoint written inside an epoch (every ``n`` steps, on SIGTERM, at a
-    mid-epoch validation), go on with the batches of that epoch the run had not reached.
-
-    Lightning restores its counters and counts on from them, but a loader without state would
-    start the epoch's order over and feed the done batches again. Ours leave them out
-    (``skip_batches`` of ``LengthBatchSampler`` and ``TrackBatches``); this is set when
-    training starts, after the checkpoint is restored and before the first batch is drawn.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loop = trainer.fit_loop.epoch_loop
-        done = loop.batch_progress.current.processed
-        if not (loop.restarting and 0 < done < trainer.num_training_batches):
-            return
-        loader = trainer.train_dataloader
-        skipper = getattr(getattr(loader, "batch_sampler", None), "skip_batches",
-                          getattr(loader, "skip_batches", None))
-        if skipper is None:
-            log.warning("resuming inside epoch %d: this loader cannot skip the %d batches "
-                        "already done, so they are drawn again", trainer.current_epoch, done)
-            return
-        skipper(done)

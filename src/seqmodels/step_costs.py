@@ -40,12 +40,21 @@ class SteadyRichProgressBar(RichProgressBar):
             self._update_metrics(trainer, pl_module)
             self.refresh()
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.is_disabled and self.train_progress_bar_id is not None:  # an early stop
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            self._update(self.train_progress_bar_id, done)
+        super().on_train_epoch_end(trainer, pl_module)
+
 
 @contextlib.contextmanager
 def frozen_garbage() -> Iterator[None]:
     """Move every object alive now (model, datasets, configs, Lightning's machinery) out of
     the garbage collector's reach for the duration: they live as long as the run, and each
     full collection would otherwise walk all of them (0.2 s a time, every few epochs)."""
+    if gc.get_freeze_count():  # someone froze objects already: theirs to thaw, leave it be
+        yield
+        return
     gc.collect()
     gc.freeze()
     try:

@@ -30,6 +30,9 @@ class Stepping:
     accumulate_grad_batches: int = 1
 
     def __post_init__(self) -> None:
+        # Lightning accepts the algorithm's name in any case.
+        algorithm = str(self.gradient_clip_algorithm).lower()
+        object.__setattr__(self, "gradient_clip_algorithm", algorithm)
         clip = self.gradient_clip_val
         if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)
                                  or clip < 0):

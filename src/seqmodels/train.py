@@ -4,6 +4,7 @@ several processes (``trainer=ddp_cpu``, ``trainer=ddp``) or several nodes."""
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,7 @@ from seqmodels.distributed import (
 )
 from seqmodels.errors import ConfigError
 from seqmodels.run_info import write_run_info
-from seqmodels.runs import (  # also registers Hydra resolvers
-    CHECKPOINT_KEYWORDS,
-    SeedEachEpoch,
-    SkipDoneBatches,
-)
+from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
 from seqmodels.step_costs import SilentProfiler, frozen_garbage
 from seqmodels.stepping import Stepping
 
@@ -78,10 +75,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(SameVocabularies())
-    callbacks.append(SkipDoneBatches())
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
+    # Lightning warns at each step checkpoint of a manually optimized module that it holds the
+    # weights after the step: so does an automatically optimized one's, as wanted here.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     # Clipping and accumulation are the module's to carry out (seqmodels.stepping).
     stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}

@@ -4,12 +4,13 @@ build its vocabularies and how to encode and collate examples."""
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from seqmodels.data.batching import Batch, LengthBatchSampler
+from seqmodels.data.batching import Batch, LengthBatchSampler, batches_done_in_resumed_epoch
 from seqmodels.data.download import ensure_dataset
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
@@ -212,6 +213,8 @@ class SequenceDataModule(DataModuleBase):
             # A resumed run draws its first batch before Lightning sets the sampler's epoch:
             # set it here, or epoch k after a restart would repeat epoch 0's order.
             loader.batch_sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            loader.batch_sampler.batches_done = partial(batches_done_in_resumed_epoch,
+                                                        self.trainer, len(loader))
         return loader
 
     def val_dataloader(self) -> DataLoader:

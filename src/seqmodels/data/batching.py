@@ -8,7 +8,7 @@ token tasks; ``chars`` (B, T, W) for taggers with character features.
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +75,16 @@ def distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def batches_done_in_resumed_epoch(trainer, batches_per_pass: int) -> int:
+    """How many of this epoch's batches a run resumed from a checkpoint written inside the
+    epoch (every ``n`` steps, on SIGTERM, at a mid-epoch validation) had trained on; 0 for any
+    other start. Lightning restores its counters and counts on from there, but a loader without
+    state would start the epoch's order over and feed those batches again: ours leave them out."""
+    loop = trainer.fit_loop.epoch_loop
+    done = loop.batch_progress.current.processed
+    return done if loop.restarting and 0 < done < batches_per_pass else 0
+
+
 class LengthBatchSampler(Sampler[list[int]]):
     """Batches of indices, optionally grouped by similar length, sharded across DDP ranks.
 
@@ -112,15 +122,12 @@ class LengthBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.epoch = 0
-        self._skip = 0
+        # Called as a pass starts: how many of its first batches a run resumed inside this
+        # epoch had trained on (``batches_done_in_resumed_epoch``); they are left out.
+        self.batches_done: Callable[[], int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def skip_batches(self, count: int) -> None:
-        """Leave out the first ``count`` batches of the next pass (this rank's): a run
-        resumed inside an epoch goes on with the batches it had not reached."""
-        self._skip = count
 
     @property
     def sampler(self) -> "LengthBatchSampler":
@@ -149,8 +156,9 @@ class LengthBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        # A generator: the order (and any skip) is settled when the first batch is drawn, not
-        # when the loader's iterator is made (Lightning makes it before training starts).
+        # A generator: the order (and the batches to leave out) is settled when the first batch
+        # is drawn, not when the loader's iterator is made (which may be before Lightning has
+        # restored a checkpoint's counters).
         rank, world = distributed_rank_and_size()
         if not self.even_shards:
             if world > len(self.lengths):
@@ -162,7 +170,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         if world > 1 and batches:
             total = math.ceil(len(batches) / world) * world
             batches += batches[: total - len(batches)]
-        skip, self._skip = self._skip, 0
+        skip = self.batches_done() if self.batches_done is not None else 0
         yield from batches[rank::world][skip:]
 
     def __len__(self) -> int:

@@ -9,14 +9,15 @@ stopped, so that a model can carry its hidden state from one batch to the next.
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from seqmodels.data.base import DataModuleBase
-from seqmodels.data.batching import Batch, distributed_rank_and_size
+from seqmodels.data.batching import Batch, batches_done_in_resumed_epoch, distributed_rank_and_size
 from seqmodels.data.download import ensure_dataset
 from seqmodels.data.files import ENCODING_ERRORS
 from seqmodels.data.vocab import UNK_ID, Vocab
@@ -132,17 +133,14 @@ class TrackBatches:
             self.tracks = self.tracks.pin_memory()
         self.batch_size = batch_size
         self.bptt = bptt
-        self._skip = 0
+        # As LengthBatchSampler's: the windows a run resumed inside this epoch had done.
+        self.batches_done: Callable[[], int] | None = None
 
     def __len__(self) -> int:
         return math.ceil(self.length / self.bptt)
 
-    def skip_batches(self, count: int) -> None:
-        """Leave out the first ``count`` windows of the next pass (resuming inside an epoch)."""
-        self._skip = count
-
     def __iter__(self) -> Iterator[Batch]:
-        skip, self._skip = self._skip, 0
+        skip = self.batches_done() if self.batches_done is not None else 0
         for start in range(skip * self.bptt, self.length, self.bptt):
             steps = min(self.bptt, self.length - start)
             tokens = self.tracks[:, start : start + steps]  # (B, T)
@@ -241,7 +239,11 @@ class CharTextDataModule(DataModuleBase):
     # Plain iterables rather than DataLoaders: the order is the point, so Lightning must not
     # wrap them in a (shuffling) distributed sampler, and slicing needs no worker processes.
     def train_dataloader(self) -> TrackBatches:
-        return self.batches("train")
+        batches = self.batches("train")
+        if self.trainer is not None:
+            batches.batches_done = partial(batches_done_in_resumed_epoch, self.trainer,
+                                           len(batches))
+        return batches
 
     def val_dataloader(self) -> TrackBatches:
         return self.batches("val")

@@ -1,11 +1,13 @@
 """What every task module shares: optimizer wiring from config partials, the training step's
 optimization, vocabularies saved in the checkpoint."""
 
+import contextlib
 import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
@@ -48,6 +50,8 @@ class SequenceModule(L.LightningModule):
         self.text_settings: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
         self.stepping = Stepping()
+        self._window_open = False  # an accumulation window has gradients not yet stepped
+        self._finished_epoch = -1  # the last epoch whose last batch was trained on
         # The training loss summed on the spot: a MeanMetric update per step costs about
         # 0.15 ms (its checks and broadcasting); the metric gets the sum once an epoch.
         self._loss_sum, self._loss_weight = torch.zeros(()), 0
@@ -61,13 +65,37 @@ class SequenceModule(L.LightningModule):
         loss = self.training_loss(batch, batch_idx)
         optimizer = self.optimizers()
         accumulate = self.stepping.accumulate_grad_batches
+        last = (batch_idx + 1 == self.trainer.num_training_batches
+                or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        steps = (batch_idx + 1) % accumulate == 0 or last
         if batch_idx % accumulate == 0:
             optimizer.zero_grad()  # where Lightning zeroes: after the first forward of a window
-        self.manual_backward(loss / accumulate if accumulate > 1 else loss)
-        if (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+        with self._gradient_sync(steps):
+            self.manual_backward(loss / accumulate if accumulate > 1 else loss)
+        self._window_open = not steps  # gradients waiting for the window's other batches
+        if steps:
             optimizer.step()  # on_before_optimizer_step clips first
             self.step_lr_schedulers("step", batch_idx + 1)
+        if last:
+            # Where Lightning steps epoch schedulers: after the epoch's last step, before
+            # validation and its checkpoint; plateau ones wait for validation's metric.
+            self.step_lr_schedulers("epoch", self.current_epoch + 1, plateau=False)
+            self._finished_epoch = self.current_epoch
         return loss.detach()
+
+    def _gradient_sync(self, steps: bool):
+        """Under DDP, no gradient all-reduce for the batches of a window but its last (what
+        Lightning's automatic loop does with ``no_sync``): the sum is the same, sent once."""
+        if steps or not isinstance(self.trainer.strategy, ParallelStrategy):
+            return contextlib.nullcontext()
+        return self.trainer.strategy.block_backward_sync()
+
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning zeroes gradients before each validation unless its own accumulation is
+        # mid-window; with ours it cannot tell, so a validation inside a window (a
+        # val_check_interval that is not a multiple of the accumulation) would drop them.
+        if not self._window_open:
+            super().on_validation_model_zero_grad()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Called after mixed precision unscaled the gradients, as Lightning's own clipping is.
@@ -75,15 +103,18 @@ class SequenceModule(L.LightningModule):
             self.configure_gradient_clipping(optimizer, self.stepping.gradient_clip_val,
                                              self.stepping.gradient_clip_algorithm)
 
-    def step_lr_schedulers(self, interval: str, count: int) -> None:
+    def step_lr_schedulers(self, interval: str, count: int, plateau: bool | None = None) -> None:
         """Step the schedulers of this ``interval`` (``step`` or ``epoch``) whose frequency
-        divides ``count`` (batches or epochs so far), as Lightning's loop does; a plateau
+        divides ``count`` (batches or epochs so far), as Lightning's loop does; ``plateau``:
+        only plateau schedulers (True), only others (False), or both (None). A plateau
         scheduler gets ``scheduler_monitor``'s latest value."""
         for config in self.trainer.lr_scheduler_configs:
-            if config.interval != interval or count % config.frequency:
+            is_plateau = isinstance(config.scheduler, ReduceLROnPlateau)
+            if (config.interval != interval or count % config.frequency
+                    or plateau not in (None, is_plateau)):
                 continue
             value = None
-            if isinstance(config.scheduler, ReduceLROnPlateau):
+            if is_plateau:
                 value = self.trainer.callback_metrics.get(self.scheduler_monitor)
                 if value is None:
                     raise ConfigError(
@@ -138,9 +169,11 @@ class SequenceModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_train_loss()
-        # Lightning skips this when it resumes at an epoch's end: the step was taken before.
-        if not self.trainer.fit_loop.restarting:
-            self.step_lr_schedulers("epoch", self.current_epoch + 1)
+        # Plateau schedulers after validation, as Lightning steps them: not for an epoch cut
+        # short (max_steps, a stop), nor in the first epoch after a resume (its metrics are
+        # not in the checkpoint).
+        if self._finished_epoch == self.current_epoch and not self.trainer.fit_loop.restarting:
+            self.step_lr_schedulers("epoch", self.current_epoch + 1, plateau=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or torch.optim.Adam

@@ -125,6 +125,10 @@ class CharLanguageModel(SequenceModule):
 
     def on_train_start(self) -> None:
         self.val_loss_best.reset()  # the sanity check's numbers are not a result
+        state = self._states.get("train")  # restored from a checkpoint, maybe on another device
+        if state is not None:
+            self._states["train"] = (tuple(s.to(self.device) for s in state)
+                                     if isinstance(state, tuple) else state.to(self.device))
 
     def on_train_epoch_start(self) -> None:
         self._states["train"] = None  # epoch k+1 starts again at the tracks' beginnings
