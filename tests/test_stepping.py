@@ -101,18 +101,24 @@ CASES = {
                             SentimentClassifier),
     "one-cycle each step, accumulate 2": ({"accumulate_grad_batches": 2}, None, PerStepSchedule),
 }
-# A validation every 2 batches falls inside the windows of 3: their gradients must survive it.
-VALIDATION_INSIDE_WINDOWS = {"val_check_interval": 2}
+# Cases with trainer options of their own: a validation every 2 batches falls inside the
+# windows of 3 (their gradients must survive it); bf16 autocast on the CPU, where the backward
+# and the step run inside the training step's autocast region (the automatic loop runs them
+# outside it).
+TRAINER_CASES = {
+    "validation inside windows of 3": ({"accumulate_grad_batches": 3},
+                                       {"val_check_interval": 2}),
+    "bf16 mixed precision, clip by norm": ({"gradient_clip_val": 0.05},
+                                           {"precision": "bf16-mixed"}),
+}
 
 
-@pytest.mark.parametrize("case", [*CASES, "validation inside windows of 3"])
+@pytest.mark.parametrize("case", [*CASES, *TRAINER_CASES])
 def test_manual_steps_give_the_weights_of_lightnings_automatic_loop(case, one_thread):
-    extra = {}
-    if case == "validation inside windows of 3":
-        settings, scheduler, cls = {"accumulate_grad_batches": 3}, None, SentimentClassifier
-        extra = VALIDATION_INSIDE_WINDOWS
+    if case in TRAINER_CASES:
+        (settings, extra), scheduler, cls = TRAINER_CASES[case], None, SentimentClassifier
     else:
-        settings, scheduler, cls = CASES[case]
+        (settings, scheduler, cls), extra = CASES[case], {}
     ours, our_trainer = fit(cls, settings, scheduler, manual=True, **extra)
     reference, reference_trainer = fit(automatic(cls), settings, scheduler, manual=False,
                                        **extra)
