@@ -288,7 +288,7 @@ def test_two_processes_report_what_one_process_reports(tmp_path, task):
     data, per_process = make_data(tmp_path)
     common = [*data, "trainer.max_epochs=3", "test=false", *QUIET]
     if "accumulating" in task:
-        common.append("+trainer.accumulate_grad_batches=2")
+        common.append("trainer.accumulate_grad_batches=2")
     sizes = {"data.batch_size": 8, "data.eval_batch_size": 4}
     ddp = run_cli("seqmodels.train", *common, "trainer=ddp_cpu",
                   *(f"{key}={sizes[key] // 2}" for key in per_process),

@@ -155,7 +155,7 @@ def test_impossible_stepping_settings_are_refused():
 
 def test_the_trainer_config_keeps_clipping_and_accumulation_for_the_module(tmp_path):
     cfg = compose_config(tmp_path, ["trainer.gradient_clip_val=0.5",
-                                    "+trainer.accumulate_grad_batches=4"])
+                                    "trainer.accumulate_grad_batches=4"])
     stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
     assert stepping == Stepping(gradient_clip_val=0.5, accumulate_grad_batches=4)
     assert "gradient_clip_val" not in trainer_cfg and "accumulate_grad_batches" not in trainer_cfg
