@@ -141,4 +141,3 @@ class SeedEachEpoch(L.Callback):
             return
         L.seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank),
                           workers=True, verbose=False)
-

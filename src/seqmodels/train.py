@@ -28,6 +28,9 @@ from seqmodels.step_costs import SilentProfiler, frozen_garbage
 from seqmodels.stepping import Stepping
 
 log = logging.getLogger(__name__)
+# Lightning warns at each step checkpoint of a manually optimized module that it holds the
+# weights after the step: so does an automatically optimized one's, as wanted here.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
@@ -78,9 +81,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
-    # Lightning warns at each step checkpoint of a manually optimized module that it holds the
-    # weights after the step: so does an automatically optimized one's, as wanted here.
-    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     # Clipping and accumulation are the module's to carry out (seqmodels.stepping).
     stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MinMetric
@@ -125,10 +126,8 @@ class CharLanguageModel(SequenceModule):
 
     def on_train_start(self) -> None:
         self.val_loss_best.reset()  # the sanity check's numbers are not a result
-        state = self._states.get("train")  # restored from a checkpoint, maybe on another device
-        if state is not None:
-            self._states["train"] = (tuple(s.to(self.device) for s in state)
-                                     if isinstance(state, tuple) else state.to(self.device))
+        # A state restored from a checkpoint may be on another device.
+        self._states["train"] = move_data_to_device(self._states.get("train"), self.device)
 
     def on_train_epoch_start(self) -> None:
         self._states["train"] = None  # epoch k+1 starts again at the tracks' beginnings
