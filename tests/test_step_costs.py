@@ -6,12 +6,18 @@ import csv
 import gc
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
-from seqmodels.step_costs import SilentProfiler, SteadyRichProgressBar, frozen_garbage
+from seqmodels.models.sentiment import SentimentClassifier
+from seqmodels.step_costs import (SilentProfiler, SteadyRichProgressBar, backward_is_plain,
+                                  frozen_garbage)
 from seqmodels.train import train
 from tests.conftest import compose_config
 from tests.test_sentiment import tiny_sentiment_files  # noqa: F401 (a fixture)
+from tests.test_stepping import fit
 
 
 def test_objects_are_frozen_for_the_run_and_thawed_after():
@@ -61,3 +67,41 @@ def test_a_chosen_profiler_is_kept(tmp_path, tiny_sentiment_files):  # noqa: F81
     ])
     _, objects = train(cfg)
     assert type(objects["trainer"].profiler).__name__ == "SimpleProfiler"
+
+
+class CountBackwardHooks(L.Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.calls.append("before")
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls.append("after")
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_backward_skips_lightnings_dispatch_only_where_it_would_do_nothing(precision, one_thread):
+    plain, plain_trainer = fit(SentimentClassifier, {"gradient_clip_val": 0.05}, None,
+                               manual=True, precision=precision)
+    assert plain._plain_backward
+    hooks = CountBackwardHooks()
+    hooked, hooked_trainer = fit(SentimentClassifier, {"gradient_clip_val": 0.05}, None,
+                                 manual=True, callbacks=[hooks], precision=precision)
+    assert not hooked._plain_backward  # so the callback's hooks run, once per backward
+    assert hooks.calls == ["before", "after"] * hooked_trainer.global_step
+    for (name, a), b in zip(plain.named_parameters(), hooked.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_backward_is_lightnings_under_ddp_and_loss_scaling():
+    model = SentimentClassifier(vocab_size=5, num_classes=2, embedding_dim=4,
+                                encoder={"cell": "lstm", "hidden_size": 3})
+    ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    scaler = torch.amp.GradScaler("cpu")  # what 16-bit mixed precision brings on a GPU
+    scaled = L.Trainer(accelerator="cpu", devices=1, logger=False,
+                       plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert not backward_is_plain(ddp, model)
+    assert backward_is_plain(single, model)
+    assert not backward_is_plain(scaled, model)

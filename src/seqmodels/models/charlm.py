@@ -121,6 +121,7 @@ class CharLanguageModel(SequenceModule):
 
     # -- training and evaluation loops ---------------------------------------------------
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.hparams.sample_every_n_steps:
             self.encode_prompt(self.hparams.sample_prompt, "skip")  # fail now, not mid-training
 
