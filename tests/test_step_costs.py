@@ -12,8 +12,12 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from seqmodels.models.sentiment import SentimentClassifier
-from seqmodels.step_costs import (SilentProfiler, SteadyRichProgressBar, backward_is_plain,
-                                  frozen_garbage)
+from seqmodels.step_costs import (
+    SilentProfiler,
+    SteadyRichProgressBar,
+    backward_is_plain,
+    frozen_garbage,
+)
 from seqmodels.train import train
 from tests.conftest import compose_config
 from tests.test_sentiment import tiny_sentiment_files  # noqa: F401 (a fixture)
