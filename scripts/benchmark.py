@@ -257,6 +257,10 @@ def section_overhead(bench: Bench) -> str:
         overrides = [f"++trainer.limit_train_batches={batches}", "++trainer.limit_val_batches=2",
                      "++trainer.val_check_interval=1.0",
                      f"trainer.max_epochs={2 * reps + 1}", f"trainer.min_epochs={reps + 1}",
+                     # Early stopping stays on but cannot fire: a stop that min_epochs overrides
+                     # makes Lightning save every logger after every batch (~1 ms a step), a
+                     # state no real run is in (its stop ends training).
+                     f"callbacks.early_stopping.patience={2 * reps + 2}",
                      "test=false"]
         plan = bench.shadowed_train(task, f"overhead_{task.name}",
                                     [pl.ArmSpec("plain loop")], overrides, clean_reps=reps)
@@ -303,27 +307,32 @@ def section_overhead(bench: Bench) -> str:
         "",
         "What the framework does to stay close (2026-11-29): SST-2's steps are the shortest "
         "here (about 18 ms), so Lightning's fixed work per step weighs most there. Timing each "
-        "phase of both loops showed the model's forward, backward, clipping, Adam and averaging "
-        "take the same time in both; the difference is Lightning's bookkeeping, about 1.4 ms a "
-        "step before these changes (0.92x). What cut it, measured one change at a time in "
-        "alternating runs of 8 timed epochs: the task modules take their optimizer steps "
-        "themselves (Lightning's manual optimization, with its clipping, accumulation and "
-        "scheduler semantics; about +2.5 points: the automatic loop's closure and extra hooks "
-        "cost about 0.4 ms), and three smaller trims in `seqmodels/step_costs.py` together about "
-        "+0.5: a profiler that hands back one shared no-op context instead of building a "
-        "generator context per hook call, a progress bar that gathers its metrics only when it "
-        "redraws, and the training loss summed on the spot rather than through a `MeanMetric` "
-        "update per step; the garbage collector also leaves the run's long-lived objects alone "
-        "(`gc.freeze`), which removes an occasional 0.2 s full collection. Ruled out earlier: "
-        "page faults (with glibc told to keep freed memory they drop to zero on both sides and "
-        "the ratio stays), the TensorBoard views and per-step `self.log` calls (made only on the "
-        "steps that reach the loggers). What is left for SST-2 (timed per phase, same day): "
-        "about 0.8 ms a step, of which `manual_backward`'s hooks take 0.16 ms, the "
-        "optimizer-step wrappers 0.15 ms, and the per-batch callback hooks, batch fetching and "
-        "logging bookkeeping about 0.4 ms; the rest of a step (forward, backward, clipping, "
-        "Adam, averaging) costs what it costs the plain loop. Per-epoch ratios move by a few "
-        "points with the machine's memory traffic, so this section times 8 epochs (4 pairs) "
-        "per task.",
+        "phase of both loops (forward, backward, clipping, Adam, averaging) shows where the "
+        "rest goes. Before these changes Lightning's bookkeeping took about 1.4 ms a step "
+        "(0.92x). What cut it, measured one change at a time in alternating runs of 8 timed "
+        "epochs: the task modules take their optimizer steps themselves (Lightning's manual "
+        "optimization, with its clipping, accumulation and scheduler semantics; about +2.5 "
+        "points: the automatic loop's closure and extra hooks cost about 0.4 ms), and three "
+        "smaller trims in `seqmodels/step_costs.py` together about +0.5: a profiler that hands "
+        "back one shared no-op context instead of building a generator context per hook call, a "
+        "progress bar that gathers its metrics only when it redraws, and the training loss "
+        "summed on the spot rather than through a `MeanMetric` update per step; the garbage "
+        "collector also leaves the run's long-lived objects alone (`gc.freeze`), which removes "
+        "an occasional 0.2 s full collection. Then (0.94x to 0.96x): the gradients are zeroed "
+        "before the forward rather than after it, where Lightning's automatic loop zeroes. "
+        "Freed after the forward, their memory came back too late for the backward, which took "
+        "fresh pages from the kernel instead (204 minor page faults a batch against the plain "
+        "loop's 61; now the same). And where Lightning's dispatch around `manual_backward` and "
+        "the optimizer step would do nothing but call torch (one device, no loss scaling, no "
+        "callback listening to those hooks: `step_costs.dispatch_is_idle`), the module calls "
+        "`loss.backward()` and the optimizer's step itself, keeping the loop's step counting; "
+        "this saves about 0.2 ms a step, measured with a tiny model whose steps are nearly all "
+        "bookkeeping. The overhead runs keep early stopping on but unable to fire: when its stop "
+        "is overridden by `min_epochs`, Lightning saves every logger after every batch (about "
+        "1 ms a step), a state no real run is in. What is left for SST-2 is about 0.6 ms a step: "
+        "the per-batch callback hooks, batch fetching and logging bookkeeping of Lightning's "
+        "loop. Per-epoch ratios move by a few points with the machine's memory traffic, so this "
+        "section times 8 epochs (4 pairs) per task.",
     ])
 
 

@@ -13,9 +13,11 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.step_costs import (
+    BACKWARD_HOOKS,
+    STEP_HOOKS,
     SilentProfiler,
     SteadyRichProgressBar,
-    backward_is_plain,
+    dispatch_is_idle,
     frozen_garbage,
 )
 from seqmodels.train import train
@@ -73,32 +75,36 @@ def test_a_chosen_profiler_is_kept(tmp_path, tiny_sentiment_files):  # noqa: F81
     assert type(objects["trainer"].profiler).__name__ == "SimpleProfiler"
 
 
-class CountBackwardHooks(L.Callback):
-    def __init__(self):
+class CountHooks(L.Callback):
+    """Counts the backward and optimizer-step hooks Lightning calls on it."""
+
+    def __init__(self, hooks: tuple[str, ...]):
         self.calls = []
+        for hook in hooks:
+            setattr(self, hook, lambda *args, hook=hook: self.calls.append(hook))
 
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.calls.append("before")
 
-    def on_after_backward(self, trainer, pl_module) -> None:
-        self.calls.append("after")
+CLIPPED = {"gradient_clip_val": 0.05}
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_backward_skips_lightnings_dispatch_only_where_it_would_do_nothing(precision, one_thread):
-    plain, plain_trainer = fit(SentimentClassifier, {"gradient_clip_val": 0.05}, None,
-                               manual=True, precision=precision)
-    assert plain._plain_backward
-    hooks = CountBackwardHooks()
-    hooked, hooked_trainer = fit(SentimentClassifier, {"gradient_clip_val": 0.05}, None,
-                                 manual=True, callbacks=[hooks], precision=precision)
-    assert not hooked._plain_backward  # so the callback's hooks run, once per backward
-    assert hooks.calls == ["before", "after"] * hooked_trainer.global_step
+@pytest.mark.parametrize("hooks", [BACKWARD_HOOKS, STEP_HOOKS])
+def test_lightnings_dispatch_is_skipped_only_where_it_would_do_nothing(precision, hooks,
+                                                                       one_thread):
+    plain, _ = fit(SentimentClassifier, CLIPPED, None, manual=True, precision=precision)
+    assert plain._plain_backward and plain._plain_step
+    counter = CountHooks(hooks)
+    hooked, trainer = fit(SentimentClassifier, CLIPPED, None, manual=True, callbacks=[counter],
+                          precision=precision)
+    # Lightning's path where the callback listens, so its hooks run once per backward or step.
+    assert hooked._plain_backward == (hooks != BACKWARD_HOOKS)
+    assert hooked._plain_step == (hooks != STEP_HOOKS)
+    assert counter.calls == list(hooks) * trainer.global_step
     for (name, a), b in zip(plain.named_parameters(), hooked.parameters(), strict=True):
         assert torch.equal(a, b), name
 
 
-def test_backward_is_lightnings_under_ddp_and_loss_scaling():
+def test_lightnings_dispatch_is_kept_under_ddp_and_loss_scaling():
     model = SentimentClassifier(vocab_size=5, num_classes=2, embedding_dim=4,
                                 encoder={"cell": "lstm", "hidden_size": 3})
     ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
@@ -106,6 +112,7 @@ def test_backward_is_lightnings_under_ddp_and_loss_scaling():
     scaler = torch.amp.GradScaler("cpu")  # what 16-bit mixed precision brings on a GPU
     scaled = L.Trainer(accelerator="cpu", devices=1, logger=False,
                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
-    assert not backward_is_plain(ddp, model)
-    assert backward_is_plain(single, model)
-    assert not backward_is_plain(scaled, model)
+    for hooks in (BACKWARD_HOOKS, STEP_HOOKS):
+        assert dispatch_is_idle(single, model, hooks)
+        assert not dispatch_is_idle(ddp, model, hooks)
+        assert not dispatch_is_idle(scaled, model, hooks)

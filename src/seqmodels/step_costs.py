@@ -52,23 +52,25 @@ class SteadyRichProgressBar(RichProgressBar):
 
 
 BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+STEP_HOOKS = ("on_before_optimizer_step",)
 
 
-def backward_is_plain(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether Lightning's ``manual_backward`` would do nothing in this run but
-    ``loss.backward()``: one device (DDP prepares its reducer in the strategy's hooks), no loss
-    scaling (16-bit mixed precision scales the loss first), and no callback or module method
-    hooked to the backward pass. Its dispatch through strategy, precision plugin and each
-    callback's hooks costs about 0.1 ms a step; where it does nothing, it can be skipped."""
+def dispatch_is_idle(trainer: L.Trainer, module: L.LightningModule, hooks: tuple[str, ...],
+                     module_hooks: tuple[str, ...] = ()) -> bool:
+    """Whether Lightning's dispatch around a backward pass or an optimizer step would do
+    nothing in this run but call torch (and the module's own hook): one device (DDP prepares
+    its reducer in the strategy's hooks), no loss scaling (16-bit mixed precision scales the
+    loss and steps through its scaler), no callback overriding any of ``hooks`` and the module
+    none of ``module_hooks``. The dispatch (strategy, precision plugin, each callback's hooks)
+    costs about 0.1 ms a backward and 0.1 ms a step; where it is idle it can be skipped."""
     precision = trainer.precision_plugin
     plain_precision = type(precision) is Precision or (
         type(precision) is MixedPrecision and precision.scaler is None)
-    hooked = any(is_overridden(hook, callback, L.Callback)
-                 for callback in trainer.callbacks for hook in BACKWARD_HOOKS)
-    module_hooked = any(is_overridden(hook, module, L.LightningModule)
-                        for hook in (*BACKWARD_HOOKS, "backward"))
+    callback_hooked = any(is_overridden(hook, callback, L.Callback)
+                          for callback in trainer.callbacks for hook in hooks)
+    module_hooked = any(is_overridden(hook, module, L.LightningModule) for hook in module_hooks)
     return (type(trainer.strategy) is SingleDeviceStrategy and plain_precision
-            and module._fabric is None and not hooked and not module_hooked)
+            and module._fabric is None and not callback_hooked and not module_hooked)
 
 
 @contextlib.contextmanager

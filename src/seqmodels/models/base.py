@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import ConfigError
-from seqmodels.step_costs import backward_is_plain
+from seqmodels.step_costs import BACKWARD_HOOKS, STEP_HOOKS, dispatch_is_idle
 from seqmodels.stepping import Stepping
 
 
@@ -56,7 +56,8 @@ class SequenceModule(L.LightningModule):
         # The training loss summed on the spot: a MeanMetric update per step costs about
         # 0.15 ms (its checks and broadcasting); the metric gets the sum once an epoch.
         self._loss_sum, self._loss_weight = torch.zeros(()), 0
-        self._plain_backward = False  # set for each fit in on_fit_start
+        # Whether Lightning's backward / step dispatch can be skipped (set in on_fit_start).
+        self._plain_backward = self._plain_step = False
 
     # -- the training step -------------------------------------------------------------------
     def training_loss(self, batch, batch_idx: int) -> Tensor:
@@ -80,7 +81,7 @@ class SequenceModule(L.LightningModule):
             self._backward(loss / accumulate if accumulate > 1 else loss)
         self._window_open = not steps  # gradients waiting for the window's other batches
         if steps:
-            optimizer.step()  # on_before_optimizer_step clips first
+            self._optimizer_step(optimizer)  # on_before_optimizer_step clips first
             self.step_lr_schedulers("step", batch_idx + 1)
         if last:
             # Where Lightning steps epoch schedulers: after the epoch's last step, before
@@ -91,11 +92,23 @@ class SequenceModule(L.LightningModule):
 
     def _backward(self, loss: Tensor) -> None:
         """``manual_backward``, or straight ``loss.backward()`` where that is all it would do
-        (``step_costs.backward_is_plain``)."""
+        (``step_costs.dispatch_is_idle``)."""
         if self._plain_backward:
             loss.backward()
         else:
             self.manual_backward(loss)
+
+    def _optimizer_step(self, optimizer) -> None:
+        """``optimizer.step()`` of Lightning's optimizer wrapper, or, where its dispatch is idle,
+        what it comes down to: the loop's step counting (global_step) around our clipping and
+        torch's step. tests/test_stepping.py compares both with Lightning's automatic loop."""
+        if self._plain_step:
+            optimizer._on_before_step()
+            self.on_before_optimizer_step(optimizer.optimizer)
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            optimizer.step()
 
     def _gradient_sync(self, steps: bool):
         """Under DDP, no gradient all-reduce for the batches of a window but its last (what
@@ -106,7 +119,9 @@ class SequenceModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # Callbacks, strategy and precision are settled by now (subclasses call this first).
-        self._plain_backward = backward_is_plain(self.trainer, self)
+        self._plain_backward = dispatch_is_idle(self.trainer, self, BACKWARD_HOOKS,
+                                                module_hooks=(*BACKWARD_HOOKS, "backward"))
+        self._plain_step = dispatch_is_idle(self.trainer, self, STEP_HOOKS)
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning zeroes gradients before each validation unless its own accumulation is
