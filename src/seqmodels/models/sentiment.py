@@ -9,6 +9,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import ConfigError
+from seqmodels.models.adversarial import adversarial_loss
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.char_features import CharWordEncoder, word_vectors
 from seqmodels.models.encoder import RNNEncoder
@@ -32,6 +33,9 @@ class SentimentClassifier(SequenceModule):
     :param embedding_dropout: dropout on the word vectors; ``dropout``: before the classifier.
     :param label_smoothing: the training loss's target puts this much weight evenly on all
         classes (Szegedy et al. 2016); validation and test losses use the plain targets.
+    :param adversarial_epsilon: when > 0, adversarial training (Miyato et al. 2017): the
+        training loss adds the loss at the word vectors moved by this L2 norm per sentence
+        along the loss's gradient (``models/adversarial.py``); about twice the compute per step.
     :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
     """
 
@@ -50,6 +54,7 @@ class SentimentClassifier(SequenceModule):
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        adversarial_epsilon: float = 0.0,
         sparse_embeddings: bool = False,
         optimizer=None,
         scheduler=None,
@@ -62,6 +67,8 @@ class SentimentClassifier(SequenceModule):
                         ("dropout", dropout), ("label_smoothing", label_smoothing)):
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}")
+        if adversarial_epsilon < 0:
+            raise ConfigError(f"model.adversarial_epsilon must be >= 0, got {adversarial_epsilon}")
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
         if chars is not None and not num_chars:
@@ -71,6 +78,7 @@ class SentimentClassifier(SequenceModule):
         self.pooling = pooling
         self.word_dropout = word_dropout
         self.label_smoothing = label_smoothing
+        self.adversarial_epsilon = adversarial_epsilon
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
                                       sparse=sparse_embeddings)
         self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
@@ -93,10 +101,16 @@ class SentimentClassifier(SequenceModule):
         """(B, T) token ids, (B,) lengths and, with character features, (B, T, W) character
         ids -> (B, num_classes) logits."""
         real = tokens != PAD_ID  # (B, T)
-        vectors = word_vectors(self.embedding, self.char_encoder, tokens, real, chars,
-                               self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
-        embedded = self.embedding_dropout(vectors)
-        encoded = self.encoder(embedded, lengths)
+        return self.classify(self.word_vectors(tokens, real, chars), real, lengths)
+
+    def word_vectors(self, tokens: Tensor, real: Tensor, chars: Tensor | None) -> Tensor:
+        """(B, T) token ids and their (B, T) real-token mask -> (B, T, E[+C]) word vectors."""
+        return word_vectors(self.embedding, self.char_encoder, tokens, real, chars,
+                            self.word_dropout if self.training else 0.0)
+
+    def classify(self, vectors: Tensor, real: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, E[+C]) word vectors -> (B, num_classes) logits."""
+        encoded = self.encoder(self.embedding_dropout(vectors), lengths)
         if self.pooling == "final":
             sentence = encoded.final  # (B, H_out)
         else:
@@ -104,18 +118,32 @@ class SentimentClassifier(SequenceModule):
             if self.pooling == "max":
                 sentence = encoded.outputs.masked_fill(~mask, float("-inf")).amax(dim=1)
             else:
-                sentence = encoded.outputs.sum(dim=1) / lengths.to(tokens.device).unsqueeze(1)
+                sentence = encoded.outputs.sum(dim=1) / lengths.to(real.device).unsqueeze(1)
         return self.classifier(self.dropout(sentence))
 
     def _step(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
         logits = self(batch.tokens, batch.lengths, batch.chars)
         return F.cross_entropy(logits, batch.targets, label_smoothing=label_smoothing), logits
 
+    def training_objective(self, batch: Batch) -> Tensor:
+        """The loss training minimises: cross-entropy, plus its adversarial counterpart when
+        ``adversarial_epsilon`` > 0."""
+        if not self.adversarial_epsilon:
+            return self._step(batch, self.label_smoothing)[0]
+        real = batch.tokens != PAD_ID
+
+        def loss_at(vectors: Tensor) -> Tensor:
+            return F.cross_entropy(self.classify(vectors, real, batch.lengths), batch.targets,
+                                   label_smoothing=self.label_smoothing)
+
+        vectors = self.word_vectors(batch.tokens, real, batch.chars)
+        return adversarial_loss(loss_at, vectors, self.adversarial_epsilon)
+
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
 
     def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, _ = self._step(batch, self.label_smoothing)
+        loss = self.training_objective(batch)
         self.log_train_loss(loss, batch_size=len(batch), weight=len(batch))
         return loss
 
