@@ -43,6 +43,8 @@ def task_loss(model: nn.Module, batch: Batch, state=None) -> tuple[Tensor, objec
     """The training loss of one batch, written from each model's public ``forward``, and the
     recurrent state to carry into the next batch (language model only)."""
     if model.task == "classification":
+        if getattr(model, "adversarial_epsilon", 0):  # the loss at perturbed vectors as well
+            return model.training_objective(batch), None
         return F.cross_entropy(model(batch.tokens, batch.lengths), batch.targets), None
     if model.task == "tagging":
         logits = model(batch.tokens, batch.lengths, batch.chars)  # (B, T, C)

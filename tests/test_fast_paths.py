@@ -199,13 +199,18 @@ class RecordingSpec(pl.ArmSpec):
         return super().build(cfg, datamodule, reference)
 
 
-@pytest.mark.parametrize("averaging", [False, True], ids=["plain", "weight_averaging"])
-def test_shadow_plain_loop_ends_with_the_weights_lightning_trained(tmp_path, tiny_sst, averaging):
+@pytest.mark.parametrize(("averaging", "adversarial"), [(False, False), (True, False),
+                                                         (False, True)],
+                         ids=["plain", "weight_averaging", "adversarial"])
+def test_shadow_plain_loop_ends_with_the_weights_lightning_trained(tmp_path, tiny_sst, averaging,
+                                                                   adversarial):
     """Same initial weights, batches, optimizer and clipping, no dropout: after one epoch the
     plain loop that the overhead benchmark times must hold exactly Lightning's weights (with
-    the weight-averaging callback: Lightning ends on the average, so must the plain loop's)."""
+    the weight-averaging callback: Lightning ends on the average, so must the plain loop's;
+    with adversarial training, the plain loop's loss has its perturbed half too)."""
     cfg = compose_config(tmp_path, [
         *tiny_sst, "trainer.max_epochs=1", "data.batch_size=8", "test=false",
+        f"model.adversarial_epsilon={1.0 if adversarial else 0.0}",
         "model.embedding_dim=8", "model.encoder.hidden_size=8", "model.dropout=0.0",
         "model.embedding_dropout=0.0", "model.word_dropout=0.0",
         *(["callbacks=weight_averaging", "callbacks.weight_averaging.multi_avg_fn.decay=0.5"]
