@@ -312,8 +312,11 @@ def section_overhead(bench: Bench) -> str:
         "output goes to a log); in a terminal it refreshes every 10 batches "
         "(`callbacks.rich_progress_bar.refresh_rate`).",
         "",
-        "What the framework does to stay close (2026-11-29): SST-2's steps are the shortest "
-        "here (about 18 ms), so Lightning's fixed work per step weighs most there. Timing each "
+        "SST-2 trains adversarially by default (a second forward and backward per step, "
+        "docs/results.md), so it is also measured without (`model.adversarial_epsilon=0`): "
+        "its steps are then the shortest here (about 18 ms), and Lightning's fixed work per "
+        "step weighs most. What the framework does to stay close (2026-11-29), measured on "
+        "that configuration, the default until then. Timing each "
         "phase of both loops (forward, backward, clipping, Adam, averaging) shows where the "
         "rest goes. Before these changes Lightning's bookkeeping took about 1.4 ms a step "
         "(0.92x). What cut it, measured one change at a time in alternating runs of 8 timed "
