@@ -256,8 +256,9 @@ def section_overhead(bench: Bench) -> str:
     # steps are then half as long, so Lightning's per-step work weighs twice as much.
     runs = [(task, task.experiment, task.name, []) for task in bench.tasks.values()]
     if "sentiment" in bench.tasks:
-        runs.insert(1, (bench.tasks["sentiment"], f"{TASKS['sentiment'].experiment} "
-                        f"{NO_ADVERSARIAL}", "sentiment_no_adversarial", [NO_ADVERSARIAL]))
+        after = [run[2] for run in runs].index("sentiment") + 1
+        runs.insert(after, (bench.tasks["sentiment"], f"{TASKS['sentiment'].experiment} "
+                            f"{NO_ADVERSARIAL}", "sentiment_no_adversarial", [NO_ADVERSARIAL]))
     for task, label, key, extra in runs:
         batches = bench.settings.batches(task.overhead_batches)
         # Up to reps more epochs where other processes disturbed some (see plain_loops.CpuWatch).
@@ -315,34 +316,40 @@ def section_overhead(bench: Bench) -> str:
         "SST-2 trains adversarially by default (a second forward and backward per step, "
         "docs/results.md), so it is also measured without (`model.adversarial_epsilon=0`): "
         "its steps are then the shortest here (about 18 ms), and Lightning's fixed work per "
-        "step weighs most. What the framework does to stay close (2026-11-29), measured on "
-        "that configuration, the default until then. Timing each "
-        "phase of both loops (forward, backward, clipping, Adam, averaging) shows where the "
-        "rest goes. Before these changes Lightning's bookkeeping took about 1.4 ms a step "
-        "(0.92x). What cut it, measured one change at a time in alternating runs of 8 timed "
-        "epochs: the task modules take their optimizer steps themselves (Lightning's manual "
-        "optimization, with its clipping, accumulation and scheduler semantics; about +2.5 "
-        "points: the automatic loop's closure and extra hooks cost about 0.4 ms), and three "
-        "smaller trims in `seqmodels/step_costs.py` together about +0.5: a profiler that hands "
-        "back one shared no-op context instead of building a generator context per hook call, a "
+        "step weighs most. What the framework does to stay close was measured on that "
+        "configuration, the default until 2026-11-29. Timing each phase of both loops "
+        "(forward, backward, clipping, Adam, averaging) shows where the rest goes. Before "
+        "these changes Lightning's bookkeeping took about 1.4 ms a step (0.92x). What cut it,"
+        " measured one change at a time in alternating runs of 8 timed epochs: the task "
+        "modules take their optimizer steps themselves (Lightning's manual optimization, with"
+        " its clipping, accumulation and scheduler semantics; about +2.5 points: the "
+        "automatic loop's closure and extra hooks cost about 0.4 ms), and three smaller trims"
+        " in `seqmodels/step_costs.py` together about +0.5: a profiler that hands back one "
+        "shared no-op context instead of building a generator context per hook call, a "
         "progress bar that gathers its metrics only when it redraws, and the training loss "
         "summed on the spot rather than through a `MeanMetric` update per step; the garbage "
-        "collector also leaves the run's long-lived objects alone (`gc.freeze`), which removes "
-        "an occasional 0.2 s full collection. Then (0.94x to 0.96x): the gradients are zeroed "
-        "before the forward rather than after it, where Lightning's automatic loop zeroes. "
-        "Freed after the forward, their memory came back too late for the backward, which took "
-        "fresh pages from the kernel instead (204 minor page faults a batch against the plain "
-        "loop's 61; now the same). And where Lightning's dispatch around `manual_backward` and "
-        "the optimizer step would do nothing but call torch (one device, no loss scaling, no "
-        "callback listening to those hooks: `step_costs.dispatch_is_idle`), the module calls "
-        "`loss.backward()` and the optimizer's step itself, keeping the loop's step counting; "
-        "this saves about 0.2 ms a step, measured with a tiny model whose steps are nearly all "
-        "bookkeeping. The overhead runs keep early stopping on but unable to fire: when its stop "
-        "is overridden by `min_epochs`, Lightning saves every logger after every batch (about "
-        "1 ms a step), a state no real run is in. What is left for SST-2 is about 0.6 ms a step: "
-        "the per-batch callback hooks, batch fetching and logging bookkeeping of Lightning's "
-        "loop. Per-epoch ratios move by a few points with the machine's memory traffic, so this "
-        "section times 8 epochs (4 pairs) per task.",
+        "collector also leaves the run's long-lived objects alone (`gc.freeze`), which "
+        "removes an occasional 0.2 s full collection (0.938x at that point). Then two more: "
+        "the gradients are zeroed before the forward rather than after it, where Lightning's "
+        "automatic loop zeroes. Freed after the forward, their memory came back too late for "
+        "the backward, which took fresh pages from the kernel instead (in a one-thread A/B: "
+        "204 minor page faults a batch against the plain loop's 61, and 77 after the change; "
+        "ratio 0.941 before, 0.957 after). And where Lightning's dispatch around "
+        "`manual_backward` and the optimizer step would do nothing but call torch (one "
+        "device, no loss scaling, no callback listening to those hooks: "
+        "`step_costs.dispatch_is_idle`), the module calls `loss.backward()` and the "
+        "optimizer's step itself, keeping the loop's step counting; with a tiny model whose "
+        "steps are nearly all bookkeeping, Lightning's work per step went from 0.54-0.57 ms "
+        "to 0.44-0.46 ms. Three runs of this section the same day gave 0.960, 0.939 and 0.943"
+        " for SST-2 without adversarial training: the per-epoch ratios move by about ±0.03 "
+        "with the machine's memory traffic, and page-fault counts with the allocator's "
+        "history. The overhead runs keep early stopping on but unable to fire: when its stop "
+        "is overridden by `min_epochs`, Lightning saves every logger after every batch (about"
+        " 1 ms a step), a state no real run is in. What is left: in this run about 0.9 ms a "
+        "step for SST-2 without adversarial training (0.943 of an 18 ms step), of which "
+        "Lightning's per-batch bookkeeping (callback hooks, batch fetching and transfer "
+        "hooks, logging) is about 0.45 ms by the tiny-model measurement; cutting that further"
+        " would mean leaving Lightning's loop. Each task is timed over 8 epochs (4 pairs).",
     ])
 
 

@@ -1,5 +1,6 @@
-"""Adversarial training on word vectors: the perturbation computed by hand, no gradient through
-its direction, one perturbation per example (so padding and batch company change nothing)."""
+"""Adversarial training on word vectors: the perturbation computed by hand, the total's gradient
+with the perturbation held constant, one perturbation per example (so padding and batch company
+change nothing)."""
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_a_linear_loss_rises_by_epsilon_times_each_examples_gradient_norm():
     torch.testing.assert_close(total, expected)
 
 
-def test_no_gradient_flows_through_the_perturbations_direction():
+def test_the_total_gradient_treats_the_perturbation_as_a_constant():
     vectors = torch.tensor([[[1.0, 2.0], [0.0, -1.0]]], requires_grad=True)
     total = adversarial_loss(lambda v: (v ** 2).sum(), vectors, epsilon=0.3)
     total.backward()

@@ -23,6 +23,12 @@ def adversarial_loss(loss_at: Callable[[Tensor], Tensor], vectors: Tensor,
         features. ``r`` points along the gradient of the loss and is a constant for the
         backward pass (no gradient flows through its direction). Padding gets a zero
         gradient, so it neither receives a share of ``r`` nor changes its norm.
+
+    Whatever ``loss_at`` does after the vectors happens in each call afresh: in the sentiment
+    model that includes embedding dropout, so ``r`` is added before dropout and each pass draws
+    its own mask (Miyato et al. add ``r`` after dropout, with one mask; that variant is not
+    measured here). The inner gradient is taken unscaled: under 16-bit mixed precision with a
+    loss scaler a tiny gradient could underflow and leave ``r`` at zero.
     """
     loss = loss_at(vectors)
     (grad,) = torch.autograd.grad(loss, vectors, retain_graph=True)

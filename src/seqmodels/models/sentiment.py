@@ -35,7 +35,8 @@ class SentimentClassifier(SequenceModule):
         classes (Szegedy et al. 2016); validation and test losses use the plain targets.
     :param adversarial_epsilon: when > 0, adversarial training (Miyato et al. 2017): the
         training loss adds the loss at the word vectors moved by this L2 norm per sentence
-        along the loss's gradient (``models/adversarial.py``); about twice the compute per step.
+        along the loss's gradient, before embedding dropout (``models/adversarial.py``); about
+        twice the compute per step. The logged training loss is then the sum of both losses.
     :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
     """
 
