@@ -40,12 +40,12 @@ def batch_tokens(batch: Batch) -> int:
 
 
 def task_loss(model: nn.Module, batch: Batch, state=None) -> tuple[Tensor, object]:
-    """The training loss of one batch, written from each model's public ``forward``, and the
+    """The training loss of one batch, written from each model's public methods, and the
     recurrent state to carry into the next batch (language model only)."""
     if model.task == "classification":
-        if getattr(model, "adversarial_epsilon", 0):  # the loss at perturbed vectors as well
-            return model.training_objective(batch), None
-        return F.cross_entropy(model(batch.tokens, batch.lengths), batch.targets), None
+        # The classifier's own objective: cross-entropy, with label smoothing, character
+        # features and the adversarial loss where the experiment sets them.
+        return model.training_objective(batch), None
     if model.task == "tagging":
         logits = model(batch.tokens, batch.lengths, batch.chars)  # (B, T, C)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(),
@@ -191,7 +191,6 @@ class Arm:
     :param batches: epoch -> that epoch's batches, the same for every arm that shares a loader.
     :param clip: gradient-norm clipping, as the trainer's ``gradient_clip_val`` does.
     :param threads: ``torch.set_num_threads`` for this arm's epochs (None: leave as is).
-    :param forward: the module that runs the batches (e.g. a ``torch.compile`` of ``model``).
     :param averaged: a moving average of the weights, updated after every step (what the
         ``weight_averaging`` callback keeps); it is the model that gets evaluated.
     """
@@ -202,7 +201,6 @@ class Arm:
     batches: Callable[[int], Iterable[Batch]]
     clip: float | None = 5.0
     threads: int | None = None
-    forward: nn.Module | None = None
     averaged: AveragedModel | None = None
     epochs: list[Measurement] = field(default_factory=list)
 
@@ -214,7 +212,6 @@ class Arm:
         previous_threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        runner = self.model if self.forward is None else self.forward
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         state, tokens, count = None, 0, 0
@@ -225,7 +222,7 @@ class Arm:
                 break
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss, state = task_loss(runner, batch, state)
+            loss, state = task_loss(self.model, batch, state)
             loss.backward()
             if self.clip is not None:
                 clip_grad_norm(params, self.clip)
