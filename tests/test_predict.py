@@ -125,7 +125,7 @@ def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, cla
     assert lowered != as_written  # otherwise this test could not tell them apart
     assert probs(classifier_ckpt) == pytest.approx(lowered[0], abs=1e-6)
     # The checkpoint carries the setting, so it may move anywhere.
-    assert model.text_settings == {"lowercase": True}
+    assert model.text_settings == {"encoding": "utf-8", "lowercase": True}
     moved = Path(shutil.copy(classifier_ckpt, tmp_path / "moved.ckpt"))
     assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
     assert "guessing" not in caplog.text
@@ -297,7 +297,7 @@ def test_tagger_reads_conllu_and_column_input(tmp_path, tagger_ckpt):
 
 def test_tagger_word_clipping_comes_from_the_checkpoint(tmp_path, tagger_ckpt, caplog):
     model = load_model(tagger_ckpt)
-    assert model.text_settings == {"lowercase": False, "max_word_length": 3}
+    assert model.text_settings == {"encoding": "utf-8", "lowercase": False, "max_word_length": 3}
     source = write_lines(tmp_path / "in.txt", ["the Teddybear"])
     moved = shutil.copy(tagger_ckpt, tmp_path / "moved.ckpt")
     run_predict(moved, source)

@@ -1,19 +1,19 @@
 """``seqmodels-predict``: label sentences or tag their tokens with a trained checkpoint.
 
-The model, its hyperparameters, its vocabularies and how the training data was normalised
-(``data.lowercase``, and with character features ``data.max_word_length``: the datamodule's
-``text_settings``) all come from the checkpoint. A checkpoint written before those settings
-were saved falls back to the ``config_resolved.yaml`` of the run whose ``checkpoints/`` folder
-holds it, then to a guess (lower-case input when the vocabulary has no upper-case entry; the
-datamodule's default word length), with a warning; ``lowercase=`` and ``max_word_length=``
-settle it.
+The model, its hyperparameters, its vocabularies and how the training data was read and
+normalised (``data.encoding``, ``data.lowercase``, and with character features
+``data.max_word_length``: the datamodule's ``text_settings``) all come from the checkpoint. A
+checkpoint written before those settings were saved falls back to the ``config_resolved.yaml``
+of the run whose ``checkpoints/`` folder holds it, then to a guess (lower-case input when the
+vocabulary has no upper-case entry; the datamodule's default word length), with a warning;
+``lowercase=`` and ``max_word_length=`` settle it. Input is read in the training data's
+encoding (UTF-8 when none is recorded) unless ``encoding=`` names another.
 
 Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
 hold no sentence and are skipped; every output record names its input line (``line``).
 """
 
 import inspect
-import io
 import json
 import logging
 import os
@@ -32,7 +32,13 @@ from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.data.batching import collate_classification
 from seqmodels.data.classification import TextClassificationDataModule
 from seqmodels.data.conll import CONLLU_COLUMNS, CONLLU_FORM, DOCSTART, TaggedSentence
-from seqmodels.data.files import read_lines
+from seqmodels.data.files import (
+    DEFAULT_ENCODING,
+    check_encoding,
+    check_encoding_errors,
+    decode_lines,
+    read_lines,
+)
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.eval import load_model
@@ -52,18 +58,15 @@ Sentence = tuple[list[str], int]
 
 
 # -- input ---------------------------------------------------------------------------------------
-def input_lines(source: str, errors: str = "strict") -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of a file, or of stdin for ``-``."""
+def input_lines(source: str, errors: str = "strict",
+                encoding: str = DEFAULT_ENCODING) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a file, or of stdin for ``-``, in ``encoding``; bytes that
+    are not valid in it are an error naming the line and byte (``encoding_errors=strict``)."""
     if source != "-":
-        yield from read_lines(source, errors)
+        yield from read_lines(source, errors, encoding, prefix="")
         return
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors=errors)
-    try:
-        for number, line in enumerate(stdin, start=1):
-            yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise DataError("invalid UTF-8 on stdin; fix the input or set encoding_errors=replace",
-                        "<stdin>") from None
+    check_encoding_errors(errors, "encoding_errors")
+    yield from decode_lines(sys.stdin.buffer, "<stdin>", encoding, errors, prefix="")
 
 
 def read_sentences(lines: Iterable[tuple[int, str]], input_format: str,
@@ -143,6 +146,14 @@ def resolve_lowercase(cfg: DictConfig, recorded: dict, words: list[str]) -> bool
                 "lowercase=%s from its vocabulary; pass lowercase=true|false to be sure",
                 cfg.ckpt_path, str(guess).lower())
     return guess
+
+
+def resolve_encoding(cfg: DictConfig, recorded: dict) -> str:
+    """``encoding=``, else the training data's (``data.encoding``), else UTF-8 (what every
+    checkpoint written before encodings were recorded was trained on)."""
+    if cfg.get("encoding") is not None:
+        return check_encoding(cfg.encoding, "encoding")
+    return check_encoding(recorded.get("encoding") or DEFAULT_ENCODING, "encoding")
 
 
 def resolve_max_word_length(cfg: DictConfig, recorded: dict) -> int:
@@ -275,10 +286,12 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     model.to(device).eval()
     recorded = recorded_data_config(str(cfg.ckpt_path), model)
     lowercase = resolve_lowercase(cfg, recorded, model.vocabs["tokens"].itos)
+    encoding = resolve_encoding(cfg, recorded)
 
     source = str(cfg.input)
     name = "<stdin>" if source == "-" else source
-    sentences = read_sentences(input_lines(source, cfg.encoding_errors), cfg.input_format, name)
+    sentences = read_sentences(input_lines(source, cfg.encoding_errors, encoding),
+                               cfg.input_format, name)
     first = next(sentences, None)  # before any output: an empty input writes nothing at all
     if first is None:
         raise DataError("no sentence to predict: the input has only blank lines", name)

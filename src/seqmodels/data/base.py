@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqmodels.data.batching import Batch, LengthBatchSampler, batches_done_in_resumed_epoch
 from seqmodels.data.download import ensure_dataset
+from seqmodels.data.files import DEFAULT_ENCODING, check_encoding, check_encoding_errors
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
 
@@ -38,16 +39,22 @@ class DataModuleBase(L.LightningDataModule):
         fetch into ``data_dir`` when its files are missing; None for a user's own files.
     :param batch_size: examples (tracks, for text) per training batch, per device under DDP.
     :param eval_batch_size: per validation/test batch; defaults to ``batch_size``.
-    :param encoding_errors: ``strict`` (bad UTF-8 is an error naming file, line and byte),
-        ``replace`` or ``ignore``.
+    :param encoding_errors: ``strict`` (bytes that are not valid ``encoding`` are an error
+        naming file, line and byte), ``replace`` or ``ignore``.
+    :param encoding: the files' text encoding: any Python codec (``utf-8``, ``latin-1``,
+        ``cp1252``, ``utf-16``...); saved with the model's text settings, so that prediction
+        reads new text in the same encoding by default.
     """
 
     task: str  # matches the task of the models that read this data
 
     def __init__(self, dataset: str | None, data_dir: str | None, download: bool,
                  batch_size: int, eval_batch_size: int | None, encoding_errors: str,
-                 pin_memory: bool):
+                 pin_memory: bool, encoding: str = DEFAULT_ENCODING):
         super().__init__()
+        # Checked here, before any training: a misspelt codec is one line, not a traceback.
+        self.encoding = check_encoding(encoding)
+        self.encoding_errors = check_encoding_errors(encoding_errors)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
                 raise DataError(f"data.{name} must be positive, got {value}")
@@ -56,7 +63,6 @@ class DataModuleBase(L.LightningDataModule):
         self.download = download
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.encoding_errors = encoding_errors
         self.pin_memory = pin_memory
         self.vocabs: dict[str, Vocab] | None = None
         # What train.py and eval.py look at: which splits exist (split -> file, or None).
@@ -71,9 +77,23 @@ class DataModuleBase(L.LightningDataModule):
         raise NotImplementedError
 
     def text_settings(self) -> dict:
-        """How raw text becomes ids besides the vocabularies (lower-casing, word clipping):
-        saved in checkpoints so that prediction prepares new text exactly as training did."""
-        return {}
+        """How raw text becomes ids besides the vocabularies (the encoding of the files, and
+        in subclasses lower-casing, word clipping): saved in checkpoints so that prediction
+        reads and prepares new text exactly as training did."""
+        return {"encoding": self.encoding}
+
+    def no_test_split_hint(self) -> str:
+        """How to get a test split, for the log line that says there is none."""
+        return "give data.test_path"
+
+    def say_when_there_is_no_test(self, has_test: bool) -> None:
+        """Training tests the best checkpoint only when a test split exists: say so when
+        there is none, once, rather than skip the test without a word."""
+        if has_test or getattr(self, "_said_no_test", False):
+            return
+        self._said_no_test = True
+        log.warning("no test split: training will end without a test (its metrics have no "
+                    "test/ entries); %s", self.no_test_split_hint())
 
 
 class SequenceDataModule(DataModuleBase):
@@ -105,9 +125,10 @@ class SequenceDataModule(DataModuleBase):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        encoding: str = DEFAULT_ENCODING,
     ):
         super().__init__(dataset, data_dir, download, batch_size, eval_batch_size,
-                         encoding_errors, pin_memory)
+                         encoding_errors, pin_memory, encoding)
         if on_long not in ("truncate", "error"):
             raise DataError(f"data.on_long={on_long!r} is not one of ['truncate', 'error']")
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
@@ -140,6 +161,8 @@ class SequenceDataModule(DataModuleBase):
             ensure_dataset(self.dataset, self.data_dir, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.say_when_there_is_no_test(self.split_path("test") is not None)
         if self.vocabs is None:
             self.vocabs = self.build_vocabs(self.read_split("train"))
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(

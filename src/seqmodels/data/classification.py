@@ -2,12 +2,13 @@
 
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 
 from seqmodels.data.base import SequenceDataModule
 from seqmodels.data.batching import collate_classification
 from seqmodels.data.chars import Speller, build_char_vocab
-from seqmodels.data.files import read_lines
+from seqmodels.data.files import DEFAULT_ENCODING, read_lines
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
 
@@ -18,10 +19,11 @@ FORMATS = ("label_text", "tsv")
 Example = tuple[list[str], str, int]
 
 
-def read_label_text(path: Path, errors: str = "strict") -> list[Example]:
+def read_label_text(path: Path, errors: str = "strict",
+                    encoding: str = DEFAULT_ENCODING) -> list[Example]:
     """``LABEL tokens...`` per line (the SST-2 files); blank lines are skipped."""
     examples = []
-    for number, line in read_lines(path, errors):
+    for number, line in read_lines(path, errors, encoding):
         if not line.strip():
             continue
         label, _, text = line.strip().partition(" ")
@@ -33,27 +35,131 @@ def read_label_text(path: Path, errors: str = "strict") -> list[Example]:
     return examples
 
 
-def read_tsv(path: Path, errors: str = "strict") -> list[Example]:
-    """``text<TAB>label`` per line; a first line whose label column reads ``label`` is a header."""
+# Column names that make a first TSV line a header when no column is configured by name.
+TEXT_NAMES = ("text", "sentence", "review", "document", "content", "tweet", "comment",
+              "utterance", "question", "phrase")
+LABEL_NAMES = ("label", "class", "category", "sentiment", "polarity", "target", "topic",
+               "intent")
+Column = str | int | None
+
+
+def looks_like_header(fields: list[str]) -> bool:
+    """A line of one-word fields of which at least one is a usual column name (``text``,
+    ``sentence``, ... / ``label``, ``sentiment``, ...), compared without case."""
+    names = [field.strip().lower() for field in fields]
+    return (all(len(name.split()) == 1 for name in names)
+            and any(name in TEXT_NAMES or name in LABEL_NAMES for name in names))
+
+
+def _column_named(name: str, header: list[str], key: str, path: Path, number: int) -> int:
+    """The index of the header field ``name`` (exactly, else ignoring case and spaces)."""
+    for same in (lambda f: f == name, lambda f: f.strip().lower() == name.strip().lower()):
+        found = [i for i, field in enumerate(header) if same(field)]
+        if found:
+            return found[0]
+    raise DataError(f"{key}={name!r} is not a column of the header line {header}; name one of "
+                    "these or give a 0-based column index", path, number)
+
+
+def _usual_column(header: list[str], names: tuple[str, ...], other: int | None) -> int | None:
+    found = [i for i, field in enumerate(header)
+             if field.strip().lower() in names and i != other]
+    return found[0] if found else None
+
+
+def tsv_columns(first: list[str], text_column: Column, label_column: Column, path: Path,
+                number: int) -> tuple[bool, int | None, int]:
+    """Whether the first line is a header, and the text and label columns: indices into a
+    line's tab-separated fields (negative ones count from the end; text None: every field
+    but the label's, as for ``text<TAB>label`` lines whose text holds tabs)."""
+    named = isinstance(text_column, str) or isinstance(label_column, str)
+    header = named or looks_like_header(first)
+    text = (_column_named(text_column, first, "data.text_column", path, number)
+            if isinstance(text_column, str) else text_column)
+    label = (_column_named(label_column, first, "data.label_column", path, number)
+             if isinstance(label_column, str) else label_column)
+    if header and label is None:
+        label = _usual_column(first, LABEL_NAMES, None if text is None else text % len(first))
+    if header and text is None:
+        text = _usual_column(first, TEXT_NAMES, None if label is None else label % len(first))
+    if label is None:  # the last column, unless the text is there
+        label = 0 if text is not None and text % len(first) == len(first) - 1 else -1
+    width = len(first)
+    for key, index in (("data.text_column", text), ("data.label_column", label)):
+        if index is not None and not -width <= index < width:
+            raise DataError(f"{key}={index} is out of range: the line has {width} tab-separated "
+                            "fields", path, number)
+    if text is not None and text % width == label % width:
+        raise DataError(f"data.text_column and data.label_column are the same column ({text}) "
+                        f"of {width}; a classification file needs a text and a label column",
+                        path, number)
+    return header, text, label
+
+
+def read_tsv(path: Path, errors: str = "strict", encoding: str = DEFAULT_ENCODING,
+             text_column: Column = None, label_column: Column = None) -> list[Example]:
+    """Tab-separated lines: by default ``text<TAB>label`` (the label is the last field, the
+    text everything before it). Columns are chosen by ``text_column`` / ``label_column``: a
+    0-based index (negative from the end), or a name in the file's header line.
+
+    The first non-blank line is a header when a column is given by name (it must then hold
+    that name), or when its fields are single words and one of them is a usual column name
+    (``text``, ``sentence``, ``review``... or ``label``, ``sentiment``, ``class``...); a
+    header's usual names then choose the columns that were not configured.
+    """
     examples = []
-    for number, line in read_lines(path, errors):
+    columns = None
+    for number, line in read_lines(path, errors, encoding):
         if not line.strip():
             continue
-        text, tab, label = line.rpartition("\t")
-        if not tab:
+        fields = line.split("\t")
+        if len(fields) < 2:
             raise DataError("line has no tab; expected 'text<TAB>label'", path, number)
-        if number == 1 and label.strip().lower() == "label":
-            continue
-        tokens, label = text.split(), label.strip()
-        if not label:
-            raise DataError("line has no label after the tab", path, number)
+        if columns is None:
+            header, *columns = tsv_columns(fields, text_column, label_column, path, number)
+            if header:
+                text, label = columns
+                log.info("%s:%d: header line %s: text from %s, label from column %r", path,
+                         number, fields, "every other column" if text is None else
+                         f"column {fields[text]!r}", fields[label])
+                continue
+        text, label = columns
+        for key, index in (("text_column", text), ("label_column", label)):
+            if index is not None and not -len(fields) <= index < len(fields):
+                raise DataError(f"line has {len(fields)} tab-separated fields, too few for "
+                                f"data.{key}={index}", path, number)
+        label_index = label % len(fields)
+        text_fields = (fields[:label_index] + fields[label_index + 1:] if text is None
+                       else [fields[text]])
+        tokens, label_value = " ".join(text_fields).split(), fields[label_index].strip()
+        if not label_value:
+            raise DataError("line has no label after the tab" if label_index == len(fields) - 1
+                            else f"line has an empty label (field {label_index})", path, number)
         if not tokens:
             raise DataError("line has a label but no text", path, number)
-        examples.append((tokens, label, number))
+        examples.append((tokens, label_value, number))
     return examples
 
 
-READERS = {"label_text": read_label_text, "tsv": read_tsv}
+# The test share of a train file is drawn with this seed, not the run's: the same examples
+# test every run (and seqmodels-eval) on the same file.
+TEST_SPLIT_SEED = 1234
+# Labels met only once in training are named one by one, up to this many.
+SINGLETONS_NAMED = 5
+
+
+def warn_single_labels(train: list[Example], path) -> None:
+    """A label that only one training example has cannot be learnt, and is most often a header
+    line that was not recognised or a typo: name each such line."""
+    counts = Counter(label for _, label, _ in train)
+    single = [(number, label) for _, label, number in train if counts[label] == 1]
+    for number, label in single[:SINGLETONS_NAMED]:
+        log.warning("%s:%d: label %r occurs only once in training (of %d labels): a header line "
+                    "(then name its columns: data.format=tsv data.label_column=<name>), a typo, "
+                    "or a class that needs more examples?", path, number, label, len(counts))
+    if len(single) > SINGLETONS_NAMED:
+        log.warning("%s: %d more labels occur only once in training (%d of %d labels in all)",
+                    path, len(single) - SINGLETONS_NAMED, len(single), len(counts))
 
 
 def label_order(labels: set[str]) -> list[str]:
@@ -66,14 +172,23 @@ def label_order(labels: set[str]) -> list[str]:
 class TextClassificationDataModule(SequenceDataModule):
     """One label per sentence.
 
-    :param format: ``label_text`` (``LABEL tokens...``) or ``tsv`` (``text<TAB>label``).
+    :param format: ``label_text`` (``LABEL tokens...``) or ``tsv`` (tab-separated columns;
+        see ``read_tsv`` for the header and the columns).
+    :param text_column, label_column: ``tsv`` only: a 0-based column index (negative from the
+        end) or a name in the files' header line; by default the header's usual names, else
+        the label is the last column and the text everything before it.
     :param labels: the allowed label set; by default the labels seen in train.
     :param lowercase: lower-case tokens before they meet the vocabulary.
     :param min_freq, max_size: vocabulary limits (train only).
     :param char_features: also spell every word out as character ids (``Batch.chars``), for a
         model with character features (``model.chars``); ``max_word_length`` characters are
         kept per word (the first and last ones).
-    :param val_fraction: with no ``val_path``, this share of train (fixed seed) validates.
+    :param val_fraction: with no ``val_path``, this share of the train file (``seed``)
+        validates.
+    :param test_fraction: with no ``test_path``, this share of the train file tests (0: no
+        test split). Drawn first, with a fixed seed of its own (``TEST_SPLIT_SEED``), so that
+        every run on the same file tests on the same examples whatever its ``seed``; the
+        validation share is then drawn from the rest: the three splits are disjoint.
     """
 
     task = "classification"
@@ -83,11 +198,14 @@ class TextClassificationDataModule(SequenceDataModule):
         self,
         *args,
         format: str = "label_text",
+        text_column: Column = None,
+        label_column: Column = None,
         labels: list[str] | None = None,
         lowercase: bool = False,
         min_freq: int = 1,
         max_size: int | None = None,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
         char_features: bool = False,
         max_word_length: int = 30,
         **kwargs,
@@ -95,52 +213,92 @@ class TextClassificationDataModule(SequenceDataModule):
         super().__init__(*args, **kwargs)
         if format not in FORMATS:
             raise DataError(f"data.format={format!r} is not one of {list(FORMATS)}")
+        if format != "tsv" and (text_column is not None or label_column is not None):
+            raise DataError(f"data.text_column and data.label_column choose the columns of "
+                            f"tab-separated files: set data.format=tsv (not {format!r}) or "
+                            "leave them null")
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+            raise DataError(f"data.test_fraction={test_fraction} must be in [0, 1) and leave "
+                            f"training examples beside data.val_fraction={val_fraction}")
+        if test_fraction > 0 and self.paths["test"] is not None:
+            raise DataError(f"data.test_fraction={test_fraction} carves a test split out of "
+                            f"train, but data.test_path={self.paths['test']} is given too; "
+                            "keep one of them")
         self.format = format
+        self.text_column = text_column
+        self.label_column = label_column
         self.labels = None if labels is None else [str(label) for label in labels]
         self.lowercase = lowercase
         self.min_freq = min_freq
         self.max_size = max_size
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.char_features = char_features
         self.max_word_length = max_word_length
+        # The splits carved out of the train file (train first): "val" with no val_path,
+        # "test" with test_fraction > 0.
+        self.carved_splits = tuple(
+            split for split, carved in (("val", self.paths["val"] is None),
+                                        ("test", test_fraction > 0)) if carved)
+        if "test" in self.carved_splits:
+            self.paths["test"] = self.paths["train"]  # train.py: a test split exists
         self._carved: dict[str, list[Example]] = {}
 
     def read(self, path: Path) -> list[Example]:
-        examples = READERS[self.format](path, self.encoding_errors)
+        if self.format == "tsv":
+            examples = read_tsv(path, self.encoding_errors, self.encoding, self.text_column,
+                                self.label_column)
+        else:
+            examples = read_label_text(path, self.encoding_errors, self.encoding)
         if self.lowercase:
             examples = [([t.lower() for t in tokens], label, n) for tokens, label, n in examples]
         return examples
 
     def read_split(self, split: str) -> list[Example]:
-        if self.paths["val"] is not None or split == "test":
+        if not self.carved_splits or (split != "train" and split not in self.carved_splits):
             return super().read_split(split)
-        # No validation file: carve a fixed share out of train, the same on every rank.
+        # Splits carved out of train: fixed shares, the same on every rank and in eval.
         if not self._carved:
-            examples = super().read_split("train")
-            order = list(range(len(examples)))
-            random.Random(self.seed).shuffle(order)
-            cut = round(len(examples) * self.val_fraction)
-            if cut == 0 or cut == len(examples):
-                raise DataError(
-                    f"data.val_fraction={self.val_fraction} of {len(examples)} training examples "
-                    "leaves an empty split; give data.val_path or change val_fraction",
-                    self.paths["train"],
-                )
-            self._carved = {"val": [examples[i] for i in sorted(order[:cut])],
-                            "train": [examples[i] for i in sorted(order[cut:])]}
-            log.info("validation split carved from train: %d val, %d train", cut,
-                     len(examples) - cut)
+            self._carved = self._carve(super().read_split("train"))
         return self._carved[split]
 
+    def _carve(self, examples: list[Example]) -> dict[str, list[Example]]:
+        n = len(examples)
+        rest = list(range(n))
+        carved = {}
+        for split, fraction, seed in (("test", self.test_fraction, TEST_SPLIT_SEED),
+                                      ("val", self.val_fraction, self.seed)):
+            if split not in self.carved_splits:
+                continue
+            random.Random(seed).shuffle(rest)
+            cut = round(n * fraction)
+            if cut == 0 or cut >= len(rest):
+                raise DataError(
+                    f"data.{split}_fraction={fraction} of {n} training examples leaves an empty "
+                    f"split; give data.{split}_path or change {split}_fraction",
+                    self.paths["train"],
+                )
+            carved[split] = sorted(rest[:cut])
+            rest = sorted(rest[cut:])
+        carved["train"] = rest
+        log.info("carved from %s (%d examples): %s", self.paths["train"], n, ", ".join(
+            f"{split} {len(carved[split])}" + (" (fixed seed)" if split == "test" else "")
+            for split in ("train", "val", "test") if split in carved))
+        return {split: [examples[i] for i in chosen] for split, chosen in carved.items()}
+
     def split_path(self, split: str) -> Path | None:
-        if split == "val" and self.paths["val"] is None:
+        if split in self.carved_splits:
             return Path(self.paths["train"])
         return super().split_path(split)
 
+    def no_test_split_hint(self) -> str:
+        return "give data.test_path, or hold out part of train with data.test_fraction=0.1"
+
     def build_vocabs(self, train: list[Example]) -> dict[str, Vocab]:
         seen = {label for _, label, _ in train}
+        warn_single_labels(train, self.split_path("train"))
         if self.labels is not None:
             self._check_labels(train, self.labels, self.split_path("train"))
             labels = self.labels
@@ -175,7 +333,7 @@ class TextClassificationDataModule(SequenceDataModule):
                 )
 
     def text_settings(self) -> dict:
-        settings = {"lowercase": self.lowercase}
+        settings = {**super().text_settings(), "lowercase": self.lowercase}
         if self.char_features:
             settings["max_word_length"] = self.max_word_length
         return settings

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from seqmodels.data.files import read_lines
+from seqmodels.data.files import DEFAULT_ENCODING, read_lines
 from seqmodels.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ class _SentenceCollector:
         return self.sentences
 
 
-def read_conllu(path: str | Path, tag_column: str = "upos",
-                errors: str = "strict") -> list[TaggedSentence]:
+def read_conllu(path: str | Path, tag_column: str = "upos", errors: str = "strict",
+                encoding: str = DEFAULT_ENCODING) -> list[TaggedSentence]:
     """Sentences of a CoNLL-U file: FORM as the token, UPOS or XPOS as the tag.
 
     Comment lines (``#``), multiword-token lines (ID ``3-4``) and empty nodes (ID ``8.1``) carry
@@ -79,7 +79,7 @@ def read_conllu(path: str | Path, tag_column: str = "upos",
     tag_index = CONLLU_TAG_COLUMNS[tag_column]
     sentences = _SentenceCollector(path)
     number, blank = 0, True
-    for number, line in read_lines(path, errors):
+    for number, line in read_lines(path, errors, encoding):
         blank = not line.strip()
         if blank:
             sentences.end_sentence()
@@ -110,7 +110,7 @@ def read_conllu(path: str | Path, tag_column: str = "upos",
 
 
 def read_columns(path: str | Path, token_column: int = 0, tag_column: int = -1,
-                 errors: str = "strict") -> list[TaggedSentence]:
+                 errors: str = "strict", encoding: str = DEFAULT_ENCODING) -> list[TaggedSentence]:
     """Sentences of a whitespace-separated column file (CoNLL-2000 chunking, CoNLL-2003 NER):
     one token a line, a blank line between sentences, ``-DOCSTART-`` lines skipped.
 
@@ -121,7 +121,7 @@ def read_columns(path: str | Path, token_column: int = 0, tag_column: int = -1,
     sentences = _SentenceCollector(path)
     width = None  # columns per token line, fixed by the first one
     number, blank = 0, True
-    for number, line in read_lines(path, errors):
+    for number, line in read_lines(path, errors, encoding):
         columns = line.split()
         blank = not columns
         if blank:

@@ -76,8 +76,9 @@ class TaggingDataModule(SequenceDataModule):
 
     def read(self, path: Path) -> list[TaggedSentence]:
         if self.format == "conllu":
-            return read_conllu(path, self.tag_column, self.encoding_errors)
-        return read_columns(path, self.token_column, self.tag_column, self.encoding_errors)
+            return read_conllu(path, self.tag_column, self.encoding_errors, self.encoding)
+        return read_columns(path, self.token_column, self.tag_column, self.encoding_errors,
+                            self.encoding)
 
     def normalize(self, word: str) -> str:
         """The form a word takes in the word vocabulary."""
@@ -114,7 +115,8 @@ class TaggingDataModule(SequenceDataModule):
                         "training sentences that use it, or map it to a known tag", path, number)
 
     def text_settings(self) -> dict:
-        return {"lowercase": self.lowercase, "max_word_length": self.max_word_length}
+        return {**super().text_settings(), "lowercase": self.lowercase,
+                "max_word_length": self.max_word_length}
 
     def model_sizes(self) -> dict[str, Any]:
         """What the model needs to size itself, read from the vocabularies: vocabulary sizes,

@@ -1,4 +1,5 @@
-"""Plain text for character language models: Tiny Shakespeare or a user's own UTF-8 files.
+"""Plain text for character language models: Tiny Shakespeare or a user's own text files (UTF-8
+or any encoding Python knows, ``data.encoding``).
 
 The text is one stream of characters, split contiguously by fraction (by default the first
 90% trains and the last 10% validates, as nanoGPT does). Batches serve truncated
@@ -19,7 +20,12 @@ from torch import Tensor
 from seqmodels.data.base import DataModuleBase
 from seqmodels.data.batching import Batch, batches_done_in_resumed_epoch, distributed_rank_and_size
 from seqmodels.data.download import ensure_dataset
-from seqmodels.data.files import ENCODING_ERRORS
+from seqmodels.data.files import (
+    DEFAULT_ENCODING,
+    check_encoding,
+    check_encoding_errors,
+    decoding_error,
+)
 from seqmodels.data.vocab import UNK_ID, Vocab
 from seqmodels.errors import DataError
 
@@ -43,28 +49,25 @@ def text_files(path: Path) -> list[Path]:
     return files
 
 
-def decode_utf8(raw: bytes, path: Path, errors: str = "strict") -> str:
-    """Decode a whole file at once (fast), naming the line and byte offset of bad UTF-8."""
+def decode_file(raw: bytes, path: Path, errors: str = "strict",
+                encoding: str = DEFAULT_ENCODING) -> str:
+    """Decode a whole file at once (fast), naming the line and byte offset of bad bytes."""
     try:
-        return raw.decode("utf-8", errors=errors)
+        return raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DataError(
-            f"invalid UTF-8 at byte offset {error.start} (byte {raw[error.start]:#04x}); fix the "
-            "file or set data.encoding_errors=replace",
-            path,
-            line,
-        ) from None
+        # The line: newlines in what decoded before the error (right for utf-16 too).
+        line = raw[: error.start].decode(encoding, errors="replace").count("\n") + 1
+        raise decoding_error(error, error.start, encoding, path, line) from None
 
 
-def read_text(path: str | Path, errors: str = "strict") -> str:
+def read_text(path: str | Path, errors: str = "strict", encoding: str = DEFAULT_ENCODING) -> str:
     """A file's text, or a folder's files joined in path order, each ending with a newline.
     Windows line endings become ``\\n``, so that a model does not learn ``\\r``."""
-    if errors not in ENCODING_ERRORS:
-        raise DataError(f"data.encoding_errors={errors!r} is not one of {list(ENCODING_ERRORS)}")
+    check_encoding_errors(errors)
+    check_encoding(encoding)
     parts = []
     for file in text_files(Path(path)):
-        text = decode_utf8(file.read_bytes(), file, errors).replace("\r\n", "\n")
+        text = decode_file(file.read_bytes(), file, errors, encoding).replace("\r\n", "\n")
         if parts and parts[-1] and not parts[-1].endswith("\n"):
             parts.append("\n")
         parts.append(text)
@@ -152,7 +155,8 @@ class TrackBatches:
 class CharTextDataModule(DataModuleBase):
     """Characters of one text, for a language model.
 
-    :param path: a UTF-8 text file, or a folder whose files are joined in path order.
+    :param path: a text file (in ``encoding``), or a folder whose files are joined in path
+        order.
     :param dataset: a dataset known by name (``tinyshakespeare``) to fetch into ``data_dir``
         when it is missing; None for a user's own text.
     :param val_fraction, test_fraction: the shares of the text, taken from its end, that
@@ -176,11 +180,12 @@ class CharTextDataModule(DataModuleBase):
         bptt: int = 128,
         encoding_errors: str = "strict",
         pin_memory: bool = False,
+        encoding: str = DEFAULT_ENCODING,
     ):
         super().__init__(dataset, data_dir, download, batch_size, eval_batch_size,
-                         encoding_errors, pin_memory)
+                         encoding_errors, pin_memory, encoding)
         if path is None:
-            raise DataError("no text configured: set data.path to a UTF-8 file or folder")
+            raise DataError("no text configured: set data.path to a text file or folder")
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
@@ -201,11 +206,16 @@ class CharTextDataModule(DataModuleBase):
         if self.dataset is not None:
             ensure_dataset(self.dataset, self.data_dir, download=self.download)
 
+    def no_test_split_hint(self) -> str:
+        return "hold out the end of the text with data.test_fraction=0.1"
+
     def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.say_when_there_is_no_test(self.test_fraction > 0)
         if self.splits:
             return
-        parts = split_by_fraction(read_text(self.path, self.encoding_errors), self.val_fraction,
-                                  self.test_fraction)
+        parts = split_by_fraction(read_text(self.path, self.encoding_errors, self.encoding),
+                                  self.val_fraction, self.test_fraction)
         if self.vocabs is None:
             # Characters of the training part only: validation may hold a few unseen ones,
             # which become <unk> as they would for any new text.
