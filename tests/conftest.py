@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from seqmodels.config import config_dir
+from seqmodels.precision import cpu_bf16_rnns
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -34,6 +35,16 @@ def compose_config(tmp_path: Path, overrides=(), config_name: str = "train") -> 
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.cpu_bf16``: the test runs RNNs under bfloat16 autocast on the CPU, which
+    oneDNN cannot do on every CPU (AVX2-only x86 has no bf16 LSTM). Decided by the probe that
+    refuses ``trainer.precision=bf16-mixed`` to users, and skipped with its reason."""
+    if item.get_closest_marker("cpu_bf16") is not None:
+        probe = cpu_bf16_rnns()
+        if not probe.works:
+            pytest.skip(f"no bfloat16 RNN kernels on this CPU: {probe.reason}")
 
 
 @pytest.fixture(autouse=True)

@@ -87,7 +87,8 @@ class CountHooks(L.Callback):
 CLIPPED = {"gradient_clip_val": 0.05}
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true",
+                                       pytest.param("bf16-mixed", marks=pytest.mark.cpu_bf16)])
 @pytest.mark.parametrize("hooks", [BACKWARD_HOOKS, STEP_HOOKS])
 def test_lightnings_dispatch_is_skipped_only_where_it_would_do_nothing(precision, hooks,
                                                                        one_thread):

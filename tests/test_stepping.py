@@ -7,6 +7,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 from torch.utils.data import DataLoader
 
@@ -68,12 +69,15 @@ def loader(seed: int) -> DataLoader:
     return DataLoader(batches, batch_size=None)
 
 
+ADAM = functools.partial(torch.optim.Adam, lr=0.01)
+ENCODER = {"cell": "lstm", "hidden_size": 6, "bidirectional": True}
+
+
 def fit(cls, settings: dict, scheduler, manual: bool, callbacks=(), ckpt_path=None,
-        **trainer_kwargs):
+        optimizer=ADAM, encoder=ENCODER, **trainer_kwargs):
     torch.manual_seed(0)
     model = cls(vocab_size=VOCAB, num_classes=2, embedding_dim=8, scheduler=scheduler,
-                encoder={"cell": "lstm", "hidden_size": 6, "bidirectional": True},
-                optimizer=functools.partial(torch.optim.Adam, lr=0.01))
+                encoder=encoder, optimizer=optimizer)
     trainer_settings = {}
     if manual:
         model.stepping = Stepping(**settings)
@@ -113,7 +117,9 @@ TRAINER_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*CASES, *TRAINER_CASES])
+@pytest.mark.parametrize("case", [
+    *CASES, *(pytest.param(case, marks=pytest.mark.cpu_bf16) if "bf16" in case else case
+              for case in TRAINER_CASES)])
 def test_manual_steps_give_the_weights_of_lightnings_automatic_loop(case, one_thread):
     if case in TRAINER_CASES:
         (settings, extra), scheduler, cls = TRAINER_CASES[case], None, SentimentClassifier
@@ -136,6 +142,35 @@ def test_manual_steps_give_the_weights_of_lightnings_automatic_loop(case, one_th
         torch.testing.assert_close(ours_p, ref_p, rtol=0, atol=1e-6, msg=name)
     # The settings were in force: training without them ends elsewhere.
     assert not torch.equal(ours.classifier.weight, weights_without_settings())
+
+
+def loss_scaling() -> MixedPrecision:
+    """16-mixed as on a GPU: float16 autocast and a loss scaler (Lightning turns a plain
+    ``precision="16-mixed"`` into bf16 on a CPU, with no scaler)."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+
+
+def test_loss_scaling_with_clipping_trains_the_configured_fused_adam(one_thread):
+    """Every model config asks for fused Adam, which unscales inside its step, so Lightning
+    refuses to clip its gradients under a loss scaler ("does not allow for gradient
+    clipping"). The module builds it unfused there; the weights are those of Lightning's
+    automatic loop with plain Adam: unscaled, then clipped, then stepped."""
+    clip, gru = {"gradient_clip_val": 0.05}, {"cell": "gru", "hidden_size": 6}  # fp16 LSTM: GPU
+    fused = functools.partial(torch.optim.Adam, lr=0.01, fused=True)
+    ours, our_trainer = fit(SentimentClassifier, clip, None, manual=True, optimizer=fused,
+                            encoder=gru, plugins=[loss_scaling()])
+    reference, reference_trainer = fit(automatic(SentimentClassifier), clip, None, manual=False,
+                                       encoder=gru, plugins=[loss_scaling()])
+    assert our_trainer.global_step == reference_trainer.global_step == 3 * BATCHES
+    scales = [t.precision_plugin.scaler.get_scale() for t in (our_trainer, reference_trainer)]
+    assert scales[0] == scales[1] != 1.0  # the loss was scaled (and no step skipped apart)
+    for (name, ours_p), ref_p in zip(ours.named_parameters(), reference.parameters(),
+                                     strict=True):
+        torch.testing.assert_close(ours_p, ref_p, rtol=0, atol=1e-6, msg=name)
+    # The clipping was in force: unclipped, the same steps end elsewhere.
+    unclipped, _ = fit(SentimentClassifier, {}, None, manual=True, optimizer=fused, encoder=gru,
+                       plugins=[loss_scaling()])
+    assert not torch.allclose(unclipped.classifier.weight, ours.classifier.weight, atol=1e-3)
 
 
 @functools.cache

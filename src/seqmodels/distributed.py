@@ -32,6 +32,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig
 
 from seqmodels.errors import ConfigError, DataError
+from seqmodels.precision import check_cpu_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def check_accelerator(trainer: DictConfig) -> None:
     """Refuse a device setting this machine cannot honour, before Lightning builds anything."""
     accelerator = str(trainer.get("accelerator", "auto"))
     precision = str(trainer.get("precision", "32-true"))
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                and not torch.backends.mps.is_available()):
+        check_cpu_precision(precision)  # bf16 RNN kernels: probed on this CPU
     if accelerator not in GPU_ACCELERATORS:
         return
     if not torch.cuda.is_available():

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import ConfigError
+from seqmodels.precision import clippable_optimizer
 from seqmodels.step_costs import BACKWARD_HOOKS, STEP_HOOKS, dispatch_is_idle
 from seqmodels.stepping import Stepping
 
@@ -58,6 +59,17 @@ class SequenceModule(L.LightningModule):
         self._loss_sum, self._loss_weight = torch.zeros(()), 0
         # Whether Lightning's backward / step dispatch can be skipped (set in on_fit_start).
         self._plain_backward = self._plain_step = False
+
+    @property
+    def optimizer_factory(self) -> Callable | None:
+        """The ``optimizer`` partial as this run can use it: unfused where 16-bit mixed
+        precision scales the loss and the gradients are clipped (Lightning cannot clip a fused
+        optimizer's gradients: it unscales them inside its step; ``seqmodels.precision``)."""
+        return clippable_optimizer(self._optimizer_factory, self.stepping.clips, self._trainer)
+
+    @optimizer_factory.setter
+    def optimizer_factory(self, factory: Callable | None) -> None:
+        self._optimizer_factory = factory
 
     # -- the training step -------------------------------------------------------------------
     def training_loss(self, batch, batch_idx: int) -> Tensor:
