@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from seqmodels.data.conll import read_columns, read_conllu
-from seqmodels.errors import DataError
+from seqmodels.data.tagging import TaggingDataModule
+from seqmodels.errors import ConfigError, DataError
 from tests.conftest import write_lines
 
 
@@ -153,3 +154,53 @@ def test_column_format_out_of_range_column(tmp_path):
     path = write_lines(tmp_path / "pos.txt", ["The DT", ""])
     with pytest.raises(DataError, match="data.tag_column=3 is out of range"):
         read_columns(path, tag_column=3)
+
+
+# -- encodings ------------------------------------------------------------------------------------
+SPANISH = [("El", "DET", "DA0MS0"), ("ñandú", "NOUN", "NCMS000"), ("corrió", "VERB", "VMIS3S0")]
+
+
+def write_encoded(path, lines, encoding):
+    path.write_bytes(("\n".join(lines) + "\n\n").encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16"])
+def test_conllu_in_another_encoding(tmp_path, encoding):
+    lines = ["# text = El ñandú corrió", *(conllu_line(i, form, upos, xpos) for i, (form, upos,
+             xpos) in enumerate(SPANISH, start=1))]
+    path = write_encoded(tmp_path / "es.conllu", lines, encoding)
+    [sentence] = read_conllu(path, encoding=encoding)
+    assert sentence.tokens == ["El", "ñandú", "corrió"]
+    assert sentence.tags == ["DET", "NOUN", "VERB"] and sentence.lines == [2, 3, 4]
+    with pytest.raises(DataError, match="invalid UTF-8 at byte offset .*data.encoding=latin-1"):
+        read_conllu(path)
+
+
+def test_column_format_in_latin1_names_the_bad_line_in_utf8(tmp_path):
+    path = write_encoded(tmp_path / "es.txt", [f"{form} {xpos}" for form, _, xpos in SPANISH],
+                         "latin-1")
+    assert read_columns(path, encoding="latin-1")[0].tokens == ["El", "ñandú", "corrió"]
+    # "El DA0MS0\n" is 10 bytes, then "\xf1" (ñ in Latin-1) starts line 2.
+    with pytest.raises(DataError, match=r"es.txt:2: invalid UTF-8 at byte offset 10 "
+                                        r"\(byte 0xf1\)"):
+        read_columns(path)
+    assert read_columns(path, errors="replace")[0].tokens[1] == "\ufffdand\ufffd"
+
+
+@pytest.mark.parametrize("fmt,tag_column", [("conllu", "upos"), ("column", -1)])
+def test_tagging_datamodule_reads_and_records_its_encoding(tmp_path, fmt, tag_column):
+    if fmt == "conllu":
+        lines = [conllu_line(i, f, u, x) for i, (f, u, x) in enumerate(SPANISH, start=1)]
+    else:
+        lines = [f"{form} {upos}" for form, upos, _ in SPANISH]
+    path = write_encoded(tmp_path / "train.txt", lines, "cp1252")
+    dm = TaggingDataModule(str(path), val_path=str(path), format=fmt, tag_column=tag_column,
+                           encoding="cp1252")
+    dm.setup("fit")
+    assert sorted(dm.vocabs["tokens"].itos[2:]) == ["El", "corrió", "ñandú"]
+    assert "ñ" in dm.vocabs["chars"] and dm.vocabs["tags"].itos == ["DET", "NOUN", "VERB"]
+    assert dm.text_settings() == {"encoding": "cp1252", "lowercase": False,
+                                  "max_word_length": 30}
+    with pytest.raises(ConfigError, match="data.encoding='klingon' is not a Python text"):
+        TaggingDataModule(str(path), encoding="klingon")

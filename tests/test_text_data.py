@@ -1,12 +1,14 @@
 """Plain-text data for the character LM: reading, the contiguous split, the train-only
 vocabulary, and TBPTT batches whose rows continue from one batch to the next."""
 
+import logging
+
 import pytest
 import torch
 
 from seqmodels.data.text import CharTextDataModule, TrackBatches, read_text
 from seqmodels.data.vocab import UNK_ID
-from seqmodels.errors import DataError
+from seqmodels.errors import ConfigError, DataError
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
         "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 12
@@ -109,7 +111,9 @@ def test_a_folder_is_read_in_path_order_with_newlines_between_files(tmp_path):
 def test_bad_utf8_names_file_line_and_byte(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good line\nbad \xff here\n")
-    with pytest.raises(DataError, match=r"bad.txt:2: invalid UTF-8 at byte offset 14"):
+    with pytest.raises(DataError, match=r"bad.txt:2: invalid UTF-8 at byte offset 14 \(byte "
+                                        r"0xff\); if the file is in another encoding, name it: "
+                                        "data.encoding=latin-1"):
         read_text(path)
     assert "\ufffd" in read_text(path, errors="replace")
 
@@ -133,3 +137,39 @@ def test_vocabulary_from_a_checkpoint_is_kept(tmp_path):
     other.setup("validate")
     assert other.vocabs["chars"] is first.vocabs["chars"]
     assert set(other.splits["val"].tolist()) == {UNK_ID}  # "z" is unknown to that vocabulary
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16"])
+def test_text_in_another_encoding_keeps_its_accents(tmp_path, encoding):
+    text = "Où est la forêt ?\r\nÇà et là.\n"
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(text.encode(encoding))
+    (folder / "b.txt").write_bytes("Fin.".encode(encoding))
+    assert read_text(folder, encoding=encoding) == "Où est la forêt ?\nÇà et là.\nFin."
+    dm = CharTextDataModule(str(folder), batch_size=1, bptt=4, encoding=encoding)
+    dm.setup("fit")
+    assert {"ù", "ê", "Ç", "à"} <= set(dm.vocabs["chars"].itos)
+    assert dm.text_settings() == {"encoding": encoding}
+
+
+def test_a_utf16_error_names_the_line_it_is_on(tmp_path):
+    path = tmp_path / "bad.txt"
+    # Line 3 holds a lone surrogate (d800): not valid UTF-16. Byte 2 is after the BOM.
+    path.write_bytes("one\ntwo\n".encode("utf-16") + b"\x00\xd8" + "x\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"bad.txt:3: invalid utf-16 at byte offset 18"):
+        read_text(path, encoding="utf-16")
+    with pytest.raises(ConfigError, match="data.encoding='utf-17'"):
+        CharTextDataModule(str(path), encoding="utf-17")
+
+
+def test_no_test_split_is_said_in_the_log(tmp_path, caplog):
+    path = str(write_text(tmp_path / "t.txt"))
+    with caplog.at_level(logging.WARNING, logger="seqmodels.data.base"):
+        CharTextDataModule(path, batch_size=2, bptt=8).setup("fit")
+    said = [r.getMessage() for r in caplog.records if "no test split" in r.getMessage()]
+    assert len(said) == 1 and "data.test_fraction=0.1" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seqmodels.data.base"):
+        CharTextDataModule(path, batch_size=2, bptt=8, test_fraction=0.1).setup("fit")
+    assert "no test split" not in caplog.text
