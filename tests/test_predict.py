@@ -207,6 +207,55 @@ def test_output_file_and_refusals(tmp_path, classifier_ckpt):
         run_predict(classifier_ckpt, source, format="csv")
 
 
+# -- encodings ----------------------------------------------------------------------------------
+FRENCH = [("1", "un café délicieux"), ("0", "une soirée ratée"), ("1", "très bon café"),
+          ("0", "ratée et très ennuyeuse")]
+
+
+def test_input_is_read_in_the_training_encoding_unless_told_otherwise(tmp_path):
+    """A classifier trained on Latin-1 data reads Latin-1 input, from a file and from stdin,
+    with its accented words found in the vocabulary; ``encoding=`` overrides it."""
+    train_path = tmp_path / "train.txt"
+    train_path.write_bytes("".join(f"{y} {s}\n" for y, s in FRENCH * 4).encode("latin-1"))
+    cfg = compose_config(tmp_path, [
+        "data=text_classification", f"data.train_path={train_path}",
+        f"data.val_path={train_path}", "data.encoding=latin-1", "data.batch_size=4",
+        "model.embedding_dim=8", "model.encoder.hidden_size=8", *QUIET])
+    _, objects = train(cfg)
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    model = load_model(ckpt).eval()
+    assert model.text_settings == {"encoding": "latin-1", "lowercase": False}
+    assert {"café", "soirée", "ratée", "très"} <= set(model.vocabs["tokens"].itos)
+
+    inputs = ["très bon café", "une soirée ratée"]
+    source = tmp_path / "in.txt"
+    source.write_bytes("".join(f"{s}\n" for s in inputs).encode("latin-1"))
+    rows = [json.loads(line) for line in run_predict(ckpt, source, format="jsonl").splitlines()]
+    assert [row["text"] for row in rows] == inputs
+    labels = model.vocabs["labels"].itos
+    expected = expected_probs(model, inputs, lowercase=False)
+    assert_close([[row["probs"][label] for label in labels] for row in rows], expected)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "seqmodels.predict", f"ckpt_path={ckpt}", "input=-",
+         "format=jsonl", "device=cpu"],
+        input=source.read_bytes(), capture_output=True, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["text"] for line in result.stdout.decode().splitlines()] == inputs
+
+    # Told otherwise: the same bytes are not UTF-8 ("très": t r, then 0xe8 at byte 2).
+    with pytest.raises(DataError, match=r"in.txt:1: invalid UTF-8 at byte offset 2 \(byte "
+                                        r"0xe8\); if the file is in another encoding, name it: "
+                                        "encoding=latin-1"):
+        run_predict(ckpt, source, encoding="utf-8")
+    utf8 = write_lines(tmp_path / "utf8.txt", inputs)
+    assert [json.loads(line)["text"] for line in run_predict(
+        ckpt, utf8, format="jsonl", encoding="utf-8").splitlines()] == inputs
+    with pytest.raises(ConfigError, match="^encoding='latin-9x' is not a Python text encoding"):
+        run_predict(ckpt, source, encoding="latin-9x")
+
+
 # -- tagging ------------------------------------------------------------------------------------
 TAGGED = [("The dog sees a cat", "DET NOUN VERB DET NOUN"),
           ("a big Bird runs", "DET ADJ NOUN VERB"),
