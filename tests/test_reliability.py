@@ -66,11 +66,15 @@ def test_a_real_signal_writes_a_checkpoint_and_the_run_resumes_from_it(tmp_path,
         time.sleep(0.2)
     time.sleep(0.5)
     first_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    written = last.stat().st_mtime_ns
     process.send_signal(signum)
     output, _ = process.communicate(timeout=60)
     assert "interrupted: checkpoint written" in output, output[-3000:]
+    # The interruption wrote last.ckpt anew (not only the validation before it did) ...
+    assert last.stat().st_mtime_ns > written
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["global_step"] >= first_step  # the interruption's own checkpoint (logged above)
+    # ... from where training had got to, which is no earlier than that validation.
+    assert state["global_step"] >= first_step
     assert process.returncode != 0  # an interrupted run does not report success
 
     resumed_dir = tmp_path / "resumed"
@@ -98,8 +102,14 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
 def test_a_dataset_smaller_than_one_batch_still_trains(tmp_path):
     cfg = compose_config(tmp_path, [*tiny_files(tmp_path, n=3), "data.batch_size=64",
                                     "trainer.max_epochs=1"])
-    metrics, _ = train(cfg)
-    assert 0.0 <= metrics["val/acc"] <= 1.0
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 1  # one batch of 3: one optimizer step
+    model = objects["model"].eval()
+    (batch,) = list(objects["datamodule"].val_dataloader())  # the same 3 sentences
+    with torch.no_grad():
+        predicted = model(batch.tokens, batch.lengths, batch.chars).argmax(-1)
+    # The logged accuracy is that of the trained weights on those sentences.
+    assert metrics["val/acc"] == pytest.approx((predicted == batch.targets).float().mean().item())
 
 
 def test_eval_refuses_a_checkpoint_of_another_task(tmp_path):
