@@ -250,6 +250,14 @@ def test_tsv_reader_and_datamodule_decode_latin1(tmp_path):
     assert dm.text_settings() == {"encoding": "latin-1", "lowercase": False}
 
 
+def test_a_utf16_error_names_its_line_and_byte_across_line_chunks(tmp_path):
+    path = tmp_path / "train.txt"
+    # A lone surrogate (d800) starts line 2: after the 2-byte BOM and 5 two-byte characters.
+    path.write_bytes("1 ok\n".encode("utf-16") + b"\x00\xd8" + " x\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"train.txt:2: invalid utf-16 at byte offset 12 "):
+        read_label_text(path, encoding="utf-16")
+
+
 @pytest.mark.parametrize("encoding", ["latin-2x", "base64"])  # unknown; not a text codec
 def test_an_unknown_encoding_is_refused_before_reading(tmp_path, encoding):
     with pytest.raises(ConfigError, match=rf"^data.encoding='{encoding}' is not a Python text "
@@ -263,6 +271,8 @@ def test_tsv_header_with_a_usual_label_name_is_not_a_class(tmp_path):
     path = write_lines(tmp_path / "a.tsv", ["text\tsentiment", "great fun\tpos", "dull\tneg"])
     assert read_tsv(path) == [(["great", "fun"], "pos", 2), (["dull"], "neg", 3)]
     assert read_tsv(path, label_column="sentiment") == read_tsv(path)
+    only_label = write_lines(tmp_path / "b.tsv", ["review_text\tSentiment", "dull\tneg"])
+    assert read_tsv(only_label) == [(["dull"], "neg", 2)]
 
 
 def test_tsv_header_names_choose_the_columns_in_any_order(tmp_path):

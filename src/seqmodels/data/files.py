@@ -47,6 +47,13 @@ def decoding_error(error: UnicodeDecodeError, offset: int, encoding: str, path, 
     )
 
 
+def _decoded_prefix(encoding: str, state, raw: bytes) -> str:
+    """What a decoder in ``state`` makes of ``raw`` (bytes that precede an error)."""
+    decoder = codecs.getincrementaldecoder(encoding)("replace")
+    decoder.setstate(state)
+    return decoder.decode(raw)
+
+
 def decode_lines(chunks: Iterable[bytes], name, encoding: str = DEFAULT_ENCODING,
                  errors: str = "strict", prefix: str = "data.") -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a byte stream, 1-based, without its line
@@ -60,12 +67,16 @@ def decode_lines(chunks: Iterable[bytes], name, encoding: str = DEFAULT_ENCODING
     decoder = codecs.getincrementaldecoder(encoding)(errors)
     number, offset, pending = 0, 0, ""
     for raw in chunks:
+        state = decoder.getstate()
         try:
             pending += decoder.decode(raw)
         except UnicodeDecodeError as error:
             buffered = len(error.object) - len(raw)  # undecoded bytes held from earlier chunks
-            raise decoding_error(error, offset - buffered + error.start, encoding, name,
-                                 number + 1, prefix) from None
+            # The line: newlines before the error, in what was held and what decoded of raw.
+            before = _decoded_prefix(encoding, state, raw[: max(error.start - buffered, 0)])
+            line = number + 1 + (pending + before).count("\n")
+            raise decoding_error(error, offset - buffered + error.start, encoding, name, line,
+                                 prefix) from None
         offset += len(raw)
         *lines, pending = pending.split("\n")
         for line in lines:
