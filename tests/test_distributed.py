@@ -8,6 +8,7 @@ import random
 import re
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -28,7 +29,7 @@ from seqmodels.distributed import (
 )
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.train import train
-from tests.conftest import compose_config, run_cli, write_lines
+from tests.conftest import ROOT, compose_config, run_cli, write_lines
 from tests.test_sentiment import negation_sentence
 from tests.test_tagging import LEXICON, write_conllu
 
@@ -125,8 +126,12 @@ def test_gpu_trainer_without_a_gpu_is_one_line_from_the_cli(tmp_path):
 
 
 def test_deterministic_preset_fixes_the_cublas_workspace(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    # setenv first: delenv of an unset variable records nothing, and the value set below
+    # would outlive the test. Now teardown puts back whatever was there (or nothing).
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     prepare_determinism(compose_config(tmp_path).trainer)
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     prepare_determinism(compose_config(tmp_path, ["trainer.deterministic=true"]).trainer)
@@ -273,6 +278,37 @@ def event_file_writers(run_dir: Path) -> set[str]:
             for p in run_dir.rglob("events.out.tfevents.*")}
 
 
+class CountGradientSyncs(L.Callback):
+    """In each rank: the backward passes, and those whose gradients DDP all-reduced (its comm
+    hook sees bucket 0 once per such backward; metric syncs do not go through it), written to
+    ``<path>/rank<r>.json`` when training ends."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.syncs = self.backwards = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def hook(state, bucket):
+            self.syncs += bucket.index() == 0
+            return allreduce_hook(state, bucket)
+
+        trainer.strategy.model.register_comm_hook(None, hook)  # the DDP-wrapped module
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.backwards += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        counts = {"syncs": self.syncs, "backwards": self.backwards, "steps": trainer.global_step}
+        (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(counts))
+
+
+COUNT_SYNCS = ["+callbacks.count_syncs._target_=tests.test_distributed.CountGradientSyncs",
+               "+callbacks.count_syncs.path=${paths.output_dir}/syncs"]
+
+
 @pytest.mark.parametrize("task", ["sentiment", "tagging", "charlm", "sentiment, accumulating 2"])
 @pytest.mark.usefixtures("one_thread")
 def test_two_processes_report_what_one_process_reports(tmp_path, task):
@@ -283,16 +319,19 @@ def test_two_processes_report_what_one_process_reports(tmp_path, task):
     What is left is float32 rounding (sums in another order: ~1e-7 relative per step), which
     over these ~30 steps stays below 1e-5; a duplicated or lost example or a missing metric
     sync moves the validation loss by more than 1e-3. Accumulating, the ranks skip the
-    all-reduce of a window's first batch: the summed gradient must come out the same."""
+    all-reduce of a window's first batch, and the summed gradient comes out the same (the
+    weights cannot tell: an all-reduce of every batch averages to the same sum), so each rank
+    counts the backward passes DDP communicated: one per optimizer step."""
     make_data, metric = TASKS[task.split(",")[0]]
     data, per_process = make_data(tmp_path)
     common = [*data, "trainer.max_epochs=3", "test=false", *QUIET]
     if "accumulating" in task:
         common.append("trainer.accumulate_grad_batches=2")
     sizes = {"data.batch_size": 8, "data.eval_batch_size": 4}
-    ddp = run_cli("seqmodels.train", *common, "trainer=ddp_cpu",
+    ddp = run_cli("seqmodels.train", *common, "trainer=ddp_cpu", *COUNT_SYNCS,
                   *(f"{key}={sizes[key] // 2}" for key in per_process),
-                  f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path, env=ONE_THREAD)
+                  f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path,
+                  env={**ONE_THREAD, "PYTHONPATH": str(ROOT)})  # the counting callback
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     # One run directory, written once: one TensorBoard writer, one metrics file, checkpoints.
@@ -306,6 +345,11 @@ def test_two_processes_report_what_one_process_reports(tmp_path, task):
     log_text = (run_dir / "train.log").read_text()
     assert log_text.count("instantiating model <") == 1  # rank 1 reports warnings only
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
+    accumulate = 2 if "accumulating" in task else 1
+    for rank in (0, 1):
+        counts = json.loads((run_dir / "syncs" / f"rank{rank}.json").read_text())
+        assert counts["backwards"] == accumulate * counts["steps"] > 0, counts  # full windows
+        assert counts["syncs"] == counts["steps"], counts  # the all-reduce: once a window
 
     single_cfg = compose_config(tmp_path / "single", [
         *common, "trainer=cpu", "logger=csv", *(f"{key}={sizes[key]}" for key in per_process)])
