@@ -283,6 +283,12 @@ def test_tsv_header_names_choose_the_columns_in_any_order(tmp_path):
                                              "2\tdull\t1"])
     assert read_tsv(named, text_column="review", label_column="stars") == [
         (["great", "fun"], "5", 2), (["dull"], "1", 3)]
+    # A header's id column is not text: with no usual text name, which column is asked.
+    unnamed = write_lines(tmp_path / "c.tsv", ["id\ttweet_text\tlabel", "1\tgreat fun\tpos"])
+    with pytest.raises(DataError, match=r"c.tsv:1: which column of the header line \['id', "
+                                        r"'tweet_text', 'label'\] is the text\? name it"):
+        read_tsv(unnamed)
+    assert read_tsv(unnamed, text_column="tweet_text") == [(["great", "fun"], "pos", 2)]
 
 
 def test_tsv_columns_by_index_with_and_without_a_header(tmp_path):

@@ -85,6 +85,9 @@ def tsv_columns(first: list[str], text_column: Column, label_column: Column, pat
     if label is None:  # the last column, unless the text is there
         label = 0 if text is not None and text % len(first) == len(first) - 1 else -1
     width = len(first)
+    if header and text is None and width > 2:  # a header's other columns are not text
+        raise DataError(f"which column of the header line {first} is the text? name it with "
+                        "data.text_column (a header name or a 0-based index)", path, number)
     for key, index in (("data.text_column", text), ("data.label_column", label)):
         if index is not None and not -width <= index < width:
             raise DataError(f"{key}={index} is out of range: the line has {width} tab-separated "
@@ -105,7 +108,8 @@ def read_tsv(path: Path, errors: str = "strict", encoding: str = DEFAULT_ENCODIN
     The first non-blank line is a header when a column is given by name (it must then hold
     that name), or when its fields are single words and one of them is a usual column name
     (``text``, ``sentence``, ``review``... or ``label``, ``sentiment``, ``class``...); a
-    header's usual names then choose the columns that were not configured.
+    header's usual names then choose the columns that were not configured (a header of more
+    than two columns without a usual text name needs ``text_column``).
     """
     examples = []
     columns = None
