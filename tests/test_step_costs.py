@@ -37,8 +37,9 @@ def test_a_run_gets_the_silent_profiler_and_the_steady_bar_and_logs_every_steps_
     gathered = []
     original = SteadyRichProgressBar._update_metrics
     monkeypatch.setattr(SteadyRichProgressBar, "_update_metrics",
-                        lambda self, trainer, module: (gathered.append(trainer.global_step),
-                                                       original(self, trainer, module)))
+                        lambda self, trainer, module, *args, **kwargs: (
+                            gathered.append(trainer.global_step),
+                            original(self, trainer, module, *args, **kwargs)))
     cfg = compose_config(tmp_path, [
         *tiny_sentiment_files, "trainer.max_epochs=2", "data.batch_size=8", "logger=csv",
         "trainer.log_every_n_steps=1", "model.embedding_dim=8", "model.encoder.hidden_size=8",
