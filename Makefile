@@ -1,5 +1,7 @@
-# seqmodels: `make help` lists the targets.
-VENV ?= .venv
+# seqmodels: `make help` lists the targets. Paths are the checkout's, so `make -f path/Makefile`
+# works from any directory; training and TensorBoard use ./logs of the directory you are in.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
 PYTHON ?= python3
 # The CPU build of torch; override for a CUDA machine, e.g. `make install TORCH=torch`.
 TORCH ?= torch==2.13.0
@@ -8,8 +10,8 @@ ARGS ?=
 
 # A copy of the datasets beside this checkout (as in this project's own runs and CI) is used
 # when present; otherwise data goes to ./data and is downloaded there.
-ifneq ($(wildcard ../shared/data),)
-export SEQMODELS_DATA_DIR ?= $(abspath ../shared/data)
+ifneq ($(wildcard $(ROOT)/../shared/data),)
+export SEQMODELS_DATA_DIR ?= $(abspath $(ROOT)/../shared/data)
 endif
 
 .PHONY: help install train test test-all lint format tensorboard bench clean
@@ -17,11 +19,11 @@ endif
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: $(ROOT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e "$(ROOT)[dev]"
 	touch $@
 
 install: $(BIN)/.installed ## Create .venv and install seqmodels with its dev tools
@@ -32,24 +34,24 @@ train: install ## Train the default experiment (SST-2 BiLSTM); extra overrides: 
 # Tests use tiny models, for which one thread per process is as fast as two, and immune to the
 # OpenMP spin-wait collapse that two busy processes on two cores suffer.
 test: install ## Run the test suite (without slow tests)
-	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not slow" -q $(ARGS)
+	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -m "not slow" -q $(ARGS)
 
 test-all: install ## Run every test, slow ones included
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q $(ARGS)
+	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -q $(ARGS)
 
 lint: install ## Check style with ruff
-	$(BIN)/ruff check src tests scripts
+	cd $(ROOT) && $(BIN)/ruff check src tests scripts
 
 format: install ## Format and fix what ruff can
-	$(BIN)/ruff check --fix src tests scripts
-	$(BIN)/ruff format src tests scripts
+	cd $(ROOT) && $(BIN)/ruff check --fix src tests scripts
+	cd $(ROOT) && $(BIN)/ruff format src tests scripts
 
 tensorboard: install ## Watch every run under logs/ in TensorBoard
 	$(BIN)/tensorboard --logdir logs --bind_all
 
 bench: install ## Run the benchmarks and rewrite docs/benchmarks.md
-	$(BIN)/python scripts/benchmark.py $(ARGS)
+	cd $(ROOT) && $(BIN)/python scripts/benchmark.py $(ARGS)
 
 clean: ## Remove caches (keeps .venv and logs)
-	rm -rf .pytest_cache .ruff_cache .hypothesis
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	cd $(ROOT) && rm -rf .pytest_cache .ruff_cache .hypothesis
+	cd $(ROOT) && find . -name __pycache__ -type d -prune -exec rm -rf {} +

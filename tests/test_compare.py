@@ -152,8 +152,7 @@ def tiny_sentiment_data(tmp_path: Path) -> list[str]:
 
 def test_a_real_grid_sweep_lands_in_multiruns_and_reads_back(tmp_path):
     result = run_cli("seqmodels.train", "-m", *tiny_sentiment_data(tmp_path),
-                     "trainer.max_epochs=2", "model/encoder=rnn,gru",
-                     f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path,
+                     "trainer.max_epochs=2", "model/encoder=rnn,gru", cwd=tmp_path,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     # runs.py: logs/train/multiruns/<date_time_microseconds>/<job number>
@@ -194,12 +193,13 @@ def test_every_search_space_names_existing_keys(tmp_path, experiment, search):
 def test_an_optuna_search_runs_its_trials_and_reports_the_best(tmp_path):
     result = run_cli("seqmodels.train", *tiny_sentiment_data(tmp_path),
                      "hparams_search=sst2_optuna", "hydra.sweeper.n_trials=2",
-                     "trainer.max_epochs=3", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                     cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+                     "trainer.max_epochs=3", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    # No paths.* or hydra.sweep.dir override: the sweep lands where a user's would.
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
     # The objective is each trial's best epoch (val/acc_best), not its last.
-    values = [json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["val/acc_best"]
+    values = [json.loads((sweep / job / "metrics.json").read_text())["val/acc_best"]
               for job in ("0", "1")]
     assert best.best_value == pytest.approx(max(values))
     # A value fixed on the command line (hidden_size=8 of the tiny data) is not searched.

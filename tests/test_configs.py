@@ -38,19 +38,7 @@ def leaves(node, prefix: tuple = ()):
         yield prefix, node
 
 
-# Known defect (data/ configs): a file's `path: ???` does not override the path its defaults
-# list set (OmegaConf's merge keeps a value over ???), so these "your own files" readers
-# silently read the dataset they extend when the user gives no path.
-MISSING_KEPT = ("their `???` paths keep the paths of the dataset config they extend (OmegaConf "
-                "merges a value over ???): no path given reads that dataset")
-MISSING_NOT_REQUIRED = {("data", "column_tagging"), ("data", "conllu"),
-                        ("data", "text_classification"), ("data", "text_files")}
-
-
-@pytest.mark.parametrize("group,choice", [
-    pytest.param(group, choice, marks=pytest.mark.xfail(strict=True, reason=MISSING_KEPT))
-    if (group, choice) in MISSING_NOT_REQUIRED else (group, choice)
-    for group, choice in GROUP_CHOICES])
+@pytest.mark.parametrize("group,choice", GROUP_CHOICES)
 def test_every_group_option_composes(tmp_path, group, choice):
     """The option is chosen, and every value its file sets is in the composed config where the
     file's package puts it (the group's node, or the root for ``@package _global_``)."""

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqmodels.errors import SeqModelsError
 
 log = logging.getLogger(__name__)
+
+# paths.root_dir: registered on import, which every command's module does before Hydra starts.
+OmegaConf.register_new_resolver("seqmodels_cwd", os.getcwd, replace=True)
 
 
 def config_dir() -> str:

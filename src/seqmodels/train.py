@@ -22,6 +22,8 @@ from seqmodels.distributed import (
     quiet_other_ranks,
 )
 from seqmodels.errors import ConfigError
+from seqmodels.progress import EpochSummary
+from seqmodels.run_checks import check_model_fits_data, discard_unstarted_run
 from seqmodels.run_info import write_run_info
 from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
 from seqmodels.step_costs import SilentProfiler, frozen_garbage
@@ -66,9 +68,33 @@ def write_metrics(output_dir: str | Path, metrics: dict[str, float]) -> None:
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
+def hydra_choices() -> dict:
+    """The config group options this run was composed from (``data``: ``ud_ewt``, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit (and by default test) the configured model. Returns (metrics, objects)."""
+    """Fit (and by default test) the configured model. Returns (metrics, objects).
+
+    A fresh run that fails before its first epoch is over and before any checkpoint leaves
+    no run directory behind (``discard_unstarted_run``)."""
+    objects: dict[str, Any] = {}
+    try:
+        return fit_and_test(cfg, objects)
+    except BaseException:
+        trainer = objects.get("trainer")
+        epochs_done = trainer.current_epoch if trainer is not None else 0
+        if cfg.get("ckpt_path") is None and epochs_done == 0 and rank_zero_only.rank == 0:
+            discard_unstarted_run(cfg.paths.output_dir)
+        raise
+
+
+def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     quiet_other_ranks(rank_zero_only.rank)  # the rank its launcher gave this process, if any
+    log.info("run directory: %s", cfg.paths.output_dir)
+    check_model_fits_data(cfg, hydra_choices())
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     check_accelerator(cfg.trainer)
@@ -78,6 +104,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(SameVocabularies())
+    callbacks.append(EpochSummary(cfg.get("monitor"), cfg.get("monitor_mode", "max")))
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
@@ -86,6 +113,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}
     trainer: L.Trainer = build(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                                **profiler)
+    objects["trainer"] = trainer
     quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
 
     datamodule, model = build_data_and_model(cfg)
@@ -108,7 +136,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     metrics = {k: float(v) for k, v in metrics.items()}
     write_metrics(cfg.paths.output_dir, metrics)
-    objects = {"datamodule": datamodule, "model": model, "trainer": trainer}
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_path:
+        log.info("best checkpoint: %s", callback.best_model_path)
+    objects.update(datamodule=datamodule, model=model)
     return metrics, objects
 
 

@@ -168,6 +168,9 @@ class SequenceDataModule(DataModuleBase):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
             stage, ("train", "val", "test")
         )
+        if "val" in wanted and self.split_path("val") is None:
+            # No validation would mean no checkpoint choice and no early stopping, silently.
+            raise DataError("no validation file configured (data.val_path)")
         for split in wanted:
             if split not in self.splits and self.split_path(split) is not None:
                 path = self.split_path(split)

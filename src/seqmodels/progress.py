@@ -1,0 +1,95 @@
+"""One line per validation, for logs and for consoles that are not terminals.
+
+A progress bar draws nothing useful into a file or a pipe (``make train > out.log``, a batch
+job), so there each validation prints one line: epoch, the monitored metric, the best so far
+and the time. ``train.log`` always gets the line; a terminal, which has the progress bar, does
+not."""
+
+import logging
+import math
+import sys
+import time
+
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def console_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def log_to_files_only(message: str) -> None:
+    """An INFO record for the log files (``train.log``), not the console."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class EpochSummary(L.Callback):
+    """``epoch 3/29: val/acc 0.8123 (best 0.8150 at epoch 2); val/loss 0.4321 | 21.3 s, 1:05 in
+    all`` after every validation of a fit (the sanity check excluded)."""
+
+    def __init__(self, monitor: str | None = None, mode: str = "max"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} is not one of ['min', 'max']")
+        self.monitor = monitor
+        self.mode = mode
+        self.best: tuple[float, int] | None = None  # (value, epoch)
+        self._fit_start = self._epoch_start = time.monotonic()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = self._epoch_start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.monotonic()
+
+    def improves(self, value: float) -> bool:
+        if self.best is None or math.isnan(self.best[0]):
+            return not math.isnan(value)
+        return value > self.best[0] if self.mode == "max" else value < self.best[0]
+
+    def line(self, trainer: L.Trainer) -> str:
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()
+                   if name.startswith("val/") and not name.endswith("_best")}
+        epoch = trainer.current_epoch
+        parts = []
+        if self.monitor in metrics:
+            value = metrics.pop(self.monitor)
+            if self.improves(value):
+                self.best = (value, epoch)
+            best_value, best_epoch = self.best or (value, epoch)
+            parts.append(f"{self.monitor} {value:.4f} (best {best_value:.4f} at epoch "
+                         f"{best_epoch})")
+        parts += [f"{name} {value:.4f}" for name, value in sorted(metrics.items())]
+        now = time.monotonic()
+        timing = (f"{now - self._epoch_start:.1f} s, {format_duration(now - self._fit_start)} "
+                  "in all")
+        # Counted from 0 like checkpoint names; "/29" is the last epoch, as Lightning's bar says.
+        last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        return f"epoch {epoch}/{last}: " + "; ".join(parts) + f" | {timing}"
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        message = self.line(trainer)
+        if console_is_terminal():
+            log_to_files_only(message)
+        else:
+            log.info(message)
