@@ -124,8 +124,9 @@ def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
 def recorded_data_config(ckpt_path: str, model) -> dict:
     """How the training data was prepared: saved in the checkpoint (``text_settings``), or for
     an older checkpoint the ``data`` settings of the run that wrote it, if it can be found."""
-    if model.text_settings:
-        return dict(model.text_settings)
+    if model.text_settings or getattr(model, "data_config", None):
+        # The training run's whole data config, where recorded, under its text settings.
+        return {**getattr(model, "data_config", {}), **model.text_settings}
     run = checkpoint_run_dir(ckpt_path)
     config = None if run is None else run / "config_resolved.yaml"
     if config is None or not config.is_file():

@@ -10,9 +10,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from seqmodels.checkpoint_io import AtomicCheckpointIO, is_weights_only
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.distributed import (
     SameVocabularies,
@@ -46,6 +48,8 @@ def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Ligh
     model = build(cfg.model, _convert_="all", **datamodule.model_sizes())
     model.vocabs = datamodule.vocabs
     model.text_settings = datamodule.text_settings()
+    # The whole data config, resolved: seqmodels-eval rebuilds the same splits from it.
+    model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
     return datamodule, model
 
 
@@ -59,6 +63,13 @@ def check_checkpoint(ckpt_path: str | None, output_dir: str) -> None:
     if ckpt_path == "last" and not (Path(output_dir) / "checkpoints" / "last.ckpt").is_file():
         log.warning("ckpt_path=last: %s has no checkpoints/last.ckpt, so training starts from "
                     "scratch; to resume a run, pass hydra.run.dir=<its directory>", output_dir)
+    if str(ckpt_path) not in CHECKPOINT_KEYWORDS:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        if is_weights_only(checkpoint):
+            raise ConfigError(f"ckpt_path={ckpt_path} holds the weights alone (a checkpoint for "
+                              "evaluation), not the training state to resume from; resume from "
+                              "the run's checkpoints/last.ckpt (ckpt_path=last hydra.run.dir="
+                              "<the run's directory>)")
 
 
 @rank_zero_only
@@ -111,8 +122,9 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     # Clipping and accumulation are the module's to carry out (seqmodels.stepping).
     stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}
+    # Checkpoints written whole or not at all; the best one holds the weights alone.
     trainer: L.Trainer = build(trainer_cfg, callbacks=callbacks, logger=loggers or False,
-                               **profiler)
+                               plugins=[AtomicCheckpointIO()], **profiler)
     objects["trainer"] = trainer
     quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
 
@@ -131,7 +143,10 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
             best = callback.best_model_path if callback else ""
             if not best:
                 log.warning("no best checkpoint was saved: testing the current weights")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            else:
+                load_evaluated_weights(model, best)
+            test_whole_split(trainer)
+            trainer.test(model, datamodule=datamodule)
             metrics.update(trainer.callback_metrics)
 
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -141,6 +156,27 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
         log.info("best checkpoint: %s", callback.best_model_path)
     objects.update(datamodule=datamodule, model=model)
     return metrics, objects
+
+
+def load_evaluated_weights(model: L.LightningModule, ckpt_path: str) -> None:
+    """Put the weights that ``seqmodels-eval`` evaluates from ``ckpt_path`` (its
+    ``state_dict``: the averaged weights under weight averaging) into ``model``.
+
+    Not ``trainer.test(ckpt_path=...)``: with the averaging callback still attached, its
+    ``on_load_checkpoint`` puts the raw weights back, so the run would report a figure that
+    no evaluation of its checkpoint reproduces."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def test_whole_split(trainer: L.Trainer) -> None:
+    """The run's test figure covers the whole test split, as ``seqmodels-eval`` does, even
+    where ``trainer.limit_test_batches`` (``debug=limit``) would cut it short."""
+    limit = trainer.limit_test_batches
+    if limit is not None and limit != 1.0:
+        log.info("trainer.limit_test_batches=%s: testing the whole test split all the same, "
+                 "so that seqmodels-eval of the checkpoint gives the same figure", limit)
+        trainer.limit_test_batches = 1.0
 
 
 def best_score(trainer: L.Trainer, monitor: str | None) -> float | None:

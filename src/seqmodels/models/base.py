@@ -50,6 +50,9 @@ class SequenceModule(L.LightningModule):
         self.vocabs: dict[str, Vocab] = {}
         # How the datamodule turned text into ids (its text_settings()), for prediction.
         self.text_settings: dict = {}
+        # The training run's resolved data config (paths, format, columns, fractions, seed):
+        # seqmodels-eval and -predict read the same data from it unless told otherwise.
+        self.data_config: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
         self.stepping = Stepping()
         self._window_open = False  # an accumulation window has gradients not yet stepped
@@ -236,9 +239,11 @@ class SequenceModule(L.LightningModule):
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()},
             "text_settings": self.text_settings,
+            "data": self.data_config,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("seqmodels", {})
         self.vocabs = {name: Vocab.from_dict(v) for name, v in saved.get("vocabs", {}).items()}
         self.text_settings = saved.get("text_settings", {})
+        self.data_config = saved.get("data", {})
