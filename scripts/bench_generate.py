@@ -60,10 +60,11 @@ class TorchRNNStep(EncoderStep):
         x = self.model.embedding.weight[char_id].view(1, 1, -1)  # (1, 1, E)
         lstm = isinstance(self.state, tuple)
         new_h, new_c = [], []
-        for index, directions in enumerate(self.model.encoder.layers):
+        encoder = self.model.encoder
+        for index in range(encoder.num_layers):
             initial = ((self.state[0][index : index + 1], self.state[1][index : index + 1])
                        if lstm else self.state[index : index + 1])
-            x, final = directions[0](x, initial)
+            x, final = encoder.run_layer(index, 0, x, initial)
             new_h.append(final[0] if lstm else final)
             if lstm:
                 new_c.append(final[1])

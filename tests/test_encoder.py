@@ -15,7 +15,7 @@ CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 def test_elman_outputs_follow_the_equations_by_hand():
     encoder = RNNEncoder(4, 3, cell="rnn").eval()
-    rnn = encoder.layers[0][0]
+    rnn = encoder.rnn
     W, U = rnn.weight_ih_l0, rnn.weight_hh_l0
     b = rnn.bias_ih_l0 + rnn.bias_hh_l0
     x = torch.randn(2, 5, 4)
@@ -29,7 +29,7 @@ def test_elman_outputs_follow_the_equations_by_hand():
 
 def test_relu_elman_uses_relu():
     encoder = RNNEncoder(4, 3, cell="rnn", nonlinearity="relu").eval()
-    rnn = encoder.layers[0][0]
+    rnn = encoder.rnn
     x = torch.randn(1, 1, 4)
     expected = torch.relu(x[0, 0] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0)
     torch.testing.assert_close(encoder(x, torch.tensor([1])).final[0], expected)
@@ -46,17 +46,18 @@ def test_parameter_count_matches_the_textbook_formula():
 
 
 def _copy_into_torch_rnn(encoder: RNNEncoder) -> nn.RNNBase:
-    """A torch multi-layer (bi)directional RNN holding the encoder's weights."""
+    """A separate torch multi-layer (bi)directional RNN holding copies of the encoder's weights,
+    filled through ``layer_weights`` (which the padded path reads)."""
     reference = CELLS[encoder.cell](
         encoder.input_size, encoder.hidden_size, num_layers=encoder.num_layers,
         bidirectional=encoder.is_bidirectional(), batch_first=True,
-    )
+    ).to(encoder.rnn.weight_ih_l0.device)
     with torch.no_grad():
-        for layer, directions in enumerate(encoder.layers):
-            for direction, rnn in enumerate(directions):
+        for layer in range(encoder.num_layers):
+            for direction in range(encoder.num_directions):
                 suffix = "_reverse" if direction else ""
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(reference, f"{name}_l{layer}{suffix}").copy_(getattr(rnn, f"{name}_l0"))
+                for name, weight in encoder.layer_weights(layer, direction).items():
+                    getattr(reference, name.replace("_l0", f"_l{layer}{suffix}")).copy_(weight)
     return reference.eval()
 
 
@@ -73,17 +74,22 @@ SETTINGS = [
         ["padded", "packed"])
     if bidirectional or combine == "concat"
 ]
+# Every equivalence test runs on the CPU and, where there is one, on a CUDA GPU (cuDNN).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell,layers,bidirectional,combine,strategy", SETTINGS)
 def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirectional, combine,
-                                                            strategy):
+                                                            strategy, device):
     encoder = RNNEncoder(6, 5, cell=cell, num_layers=layers, bidirectional=bidirectional,
-                         combine=combine, variable_length=strategy).eval()
+                         combine=combine, variable_length=strategy).to(device).eval()
     reference = _copy_into_torch_rnn(encoder)
-    lengths = torch.tensor([3, 7, 1, 5])  # unsorted, with a length-1 row
+    lengths = torch.tensor([3, 7, 1, 5])  # unsorted, with a length-1 row; on the CPU
     x = torch.randn(4, 7, 6)
     x[torch.arange(7) >= lengths.unsqueeze(1)] = 99.0  # padding that would show if it leaked
+    x = x.to(device)
     out = encoder(x, lengths)
     assert out.outputs.shape == (4, 7, encoder.get_output_dim())
     for i, length in enumerate(lengths.tolist()):
@@ -101,18 +107,23 @@ def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirec
         assert torch.all(out.outputs[i, length:] == 0)
         torch.testing.assert_close(out.final[i], ref_final[0])
         torch.testing.assert_close(out.final[i], alone.final[0])
-        torch.testing.assert_close(out.final_hidden[:, :, i].flatten(0, 1), ref_h[:, 0])
+        if strategy == "packed":
+            state_h = out.state[0] if cell == "lstm" else out.state
+            torch.testing.assert_close(state_h[:, i], ref_h[:, 0])
         if strategy == "packed" and cell == "lstm":
             torch.testing.assert_close(out.state[1][:, i], ref_state[1][:, 0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_strategies_agree_in_gradients(cell):
+def test_strategies_agree_in_gradients(cell, device):
     torch.manual_seed(1)
-    padded = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True)
-    packed = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True, variable_length="packed")
+    padded = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True,
+                        variable_length="padded").to(device)
+    packed = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True,
+                        variable_length="packed").to(device)
     packed.load_state_dict(padded.state_dict())
-    x, lengths = torch.randn(3, 6, 4), torch.tensor([6, 2, 4])
+    x, lengths = torch.randn(3, 6, 4, device=device), torch.tensor([6, 2, 4])
     for encoder in (padded, packed):
         encoder.eval()
         encoder.zero_grad()
@@ -121,14 +132,40 @@ def test_strategies_agree_in_gradients(cell):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
-def test_state_carries_across_calls_like_one_long_call():
-    encoder = RNNEncoder(4, 3, cell="lstm", num_layers=2).eval()
+@pytest.mark.parametrize("strategy", ["padded", "packed"])
+def test_state_carries_across_calls_like_one_long_call(strategy):
+    encoder = RNNEncoder(4, 3, cell="lstm", num_layers=2, variable_length=strategy).eval()
     x = torch.randn(2, 8, 4)
-    whole = encoder(x, torch.tensor([8, 8]))
-    first = encoder(x[:, :5], torch.tensor([5, 5]))
-    second = encoder(x[:, 5:], torch.tensor([3, 3]), state=first.state)
+    whole = encoder(x)  # no lengths: every row is full length, the state is exact
+    first = encoder(x[:, :5])
+    second = encoder(x[:, 5:], state=first.state)
     torch.testing.assert_close(torch.cat([first.outputs, second.outputs], 1), whole.outputs)
     torch.testing.assert_close(second.state[1], whole.state[1])
+
+
+def test_auto_is_padded_on_the_cpu_and_packed_on_cuda():
+    encoder = RNNEncoder(3, 4, bidirectional=True)
+    assert encoder.variable_length == "auto"
+    assert encoder.strategy(torch.zeros(1, 2, 3)) == "padded"
+    assert encoder.strategy(torch.zeros(1, 2, 3, device="meta")) == "padded"
+    # One parameter layout for both: torch's own multi-layer module, nothing per direction.
+    assert [name for name, _ in encoder.named_parameters()] == [
+        f"rnn.{w}_l0{s}" for s in ("", "_reverse") for w in ("weight_ih", "weight_hh",
+                                                              "bias_ih", "bias_hh")]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_parameters_are_initialised_as_separate_modules_were(cell):
+    """The layout changed from one module per layer-direction to one module; with the same
+    seed the weights are the same numbers, so earlier results still reproduce."""
+    torch.manual_seed(3)
+    encoder = RNNEncoder(5, 4, cell=cell, num_layers=2, bidirectional=True)
+    torch.manual_seed(3)
+    separate = [CELLS[cell](5 if layer == 0 else 8, 4, batch_first=True)
+                for layer in range(2) for _ in range(2)]
+    for index, module in enumerate(separate):
+        for name, weight in encoder.layer_weights(index // 2, index % 2).items():
+            torch.testing.assert_close(weight, getattr(module, name), rtol=0, atol=0)
 
 
 def test_reverse_within_length_keeps_padding_in_place():
@@ -164,9 +201,9 @@ def test_dropout_with_one_layer_warns():
         RNNEncoder(3, 4, dropout=0.3)
 
 
-def test_bad_lengths_are_refused():
+def test_lengths_of_the_wrong_shape_are_refused():
+    # Values are the batch's to get right (the collate counts them): checking them here would
+    # read them back from the device on every call.
     encoder = RNNEncoder(3, 4)
-    with pytest.raises(ValueError, match="every length"):
-        encoder(torch.randn(2, 4, 3), torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match="every length"):
-        encoder(torch.randn(2, 4, 3), torch.tensor([5, 4]))
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        encoder(torch.randn(2, 4, 3), torch.tensor([4, 4, 4]))

@@ -75,6 +75,11 @@ def write_own_files(folder: Path) -> None:
                                    for line in sentiment_lines(80, 3)])
     write_lines(my / "test.tsv", [" ".join(line.split()[1:]) + "\t" + line.split()[0]
                                   for line in sentiment_lines(30, 4)])
+    # Latin-1, with a `text<TAB>sentiment` header (the README's own-data example).
+    reviews = ["text\tsentiment"] + [
+        " ".join(line.split()[1:]) + (" café" if i % 3 else " naïve") + "\t"
+        + ("pos" if line[0] == "1" else "neg") for i, line in enumerate(sentiment_lines(80, 9))]
+    (my / "reviews.tsv").write_bytes(("\n".join(reviews) + "\n").encode("latin-1"))
     write_lines(my / "train.conllu", conllu(tagged_sentences(60, 5)))
     write_lines(my / "dev.conllu", conllu(tagged_sentences(20, 6)))
     columns = []

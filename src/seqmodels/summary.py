@@ -165,9 +165,7 @@ def describe(model: nn.Module) -> list[Block]:
     places = {}  # id(torch RNN) -> (encoder path, layer, direction, directions)
     for path, module in model.named_modules():
         if isinstance(module, RNNEncoder):
-            for layer, directions in enumerate(module.layers):
-                for direction, rnn in enumerate(directions):
-                    places[id(rnn)] = (path, (layer, direction, module.num_directions))
+            places[id(module.rnn)] = (path, None)
     seen, blocks = {}, []  # id -> full name: a parameter that two modules share counts once
     for path, module in model.named_modules():
         params = list(module.named_parameters(recurse=False))

@@ -105,9 +105,8 @@ class CharLanguageModel(SequenceModule):
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
         """(B, T) character ids and an optional initial state -> (B, T, V) next-character
         logits and the final state (exact: every row is full length)."""
-        lengths = torch.full((tokens.size(0),), tokens.size(1), dtype=torch.long)
         embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
-        encoded = self.encoder(embedded, lengths, state)
+        encoded = self.encoder(embedded, None, state)  # None: every row is full length
         return self.head(self.dropout(encoded.outputs)), encoded.state  # (B, T, V)
 
     def _loss(self, batch: Batch, loop: str) -> Tensor:
@@ -305,7 +304,8 @@ class RecurrentStepper:
     def __init__(self, model: CharLanguageModel):
         self.model = model
         self.lstm = model.encoder.cell == "lstm"
-        self.cells = [_cell_sharing_weights(directions[0]) for directions in model.encoder.layers]
+        self.cells = [_cell_sharing_weights(model.encoder, layer)
+                      for layer in range(model.encoder.num_layers)]
         self.state: list = []  # per layer: (h, c) for an LSTM, else h; each (1, H)
 
     def prime(self, prompt_ids: list[int]) -> Tensor:
@@ -333,14 +333,15 @@ class FusedLSTMStepper(RecurrentStepper):
 
     def __init__(self, model: CharLanguageModel):
         super().__init__(model)
-        first, *others = [directions[0] for directions in model.encoder.layers]
+        encoder = model.encoder
+        first, *others = [encoder.layer_weights(layer) for layer in range(encoder.num_layers)]
         with torch.no_grad():
             # (V, 4H): every character's layer-0 input projection, biases included.
-            self.first_input = model.embedding.weight @ first.weight_ih_l0.T + _bias(first)
-            self.first_hidden = first.weight_hh_l0.T.contiguous()  # (H, 4H)
-            self.weights = [torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], 1).T.contiguous()
-                            for rnn in others]  # each (2H, 4H)
-            self.biases = [_bias(rnn).unsqueeze(0) for rnn in others]  # each (1, 4H)
+            self.first_input = model.embedding.weight @ first["weight_ih_l0"].T + _bias(first)
+            self.first_hidden = first["weight_hh_l0"].T.contiguous()  # (H, 4H)
+            self.weights = [torch.cat([w["weight_ih_l0"], w["weight_hh_l0"]], 1).T.contiguous()
+                            for w in others]  # each (2H, 4H)
+            self.biases = [_bias(w).unsqueeze(0) for w in others]  # each (1, 4H)
             self.head_weight = model.head.weight.T.contiguous()  # (H, V)
             self.head_bias = model.head.bias.unsqueeze(0)  # (1, V)
 
@@ -368,19 +369,18 @@ def _lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _bias(rnn: nn.RNNBase) -> Tensor:
-    return rnn.bias_ih_l0 + rnn.bias_hh_l0  # (4H,); the encoder's RNNs always have biases
+def _bias(weights: dict[str, Tensor]) -> Tensor:
+    return weights["bias_ih_l0"] + weights["bias_hh_l0"]  # (4H,); the encoder always has biases
 
 
-def _cell_sharing_weights(rnn: nn.RNNBase) -> nn.RNNCellBase:
-    """A one-step cell (LSTMCell, GRUCell, RNNCell) over a one-layer torch RNN's parameters."""
-    kind = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[type(rnn).__name__]
-    extra = {"nonlinearity": rnn.nonlinearity} if kind == "rnn" else {}
+def _cell_sharing_weights(encoder, layer: int) -> nn.RNNCellBase:
+    """A one-step cell (LSTMCell, GRUCell, RNNCell) over one forward layer of the encoder."""
+    weights = encoder.layer_weights(layer)
+    extra = {"nonlinearity": encoder.rnn.nonlinearity} if encoder.cell == "rnn" else {}
     with torch.device("meta"):  # no memory for weights that are replaced at once
-        cell = CELLS[kind](rnn.input_size, rnn.hidden_size, bias=rnn.bias, **extra)
-    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        if hasattr(rnn, f"{name}_l0"):
-            setattr(cell, name, getattr(rnn, f"{name}_l0"))
+        cell = CELLS[encoder.cell](weights["weight_ih_l0"].size(1), encoder.hidden_size, **extra)
+    for name, weight in weights.items():
+        setattr(cell, name.removesuffix("_l0"), weight)
     return cell
 
 

@@ -4,14 +4,20 @@ It maps embedded sequences ``(batch, time, input_size)`` plus their true lengths
 outputs, a pooled final vector and the recurrent state. It knows nothing of tasks; the task
 modules read ``get_output_dim()`` to size their heads and never look at the cell type.
 
-Each layer holds one single-layer torch RNN per direction. The backward direction runs its
-module over every sequence reversed *within its own length*, so it starts on the last real
-token, never on padding. Two strategies give identical results (tested):
+The weights live in one torch RNN module (all layers and directions, torch's own layout), which
+serves two strategies with identical results (tested):
 
-- ``padded`` (default, faster on CPU): run over the padded tensor. Forward outputs at real steps
-  cannot depend on the padding that comes after them; final states are read at each row's last
-  real step.
-- ``packed``: ``pack_padded_sequence`` so that the RNN never sees padding at all.
+- ``packed`` (``auto`` on CUDA): one call of that module over a packed batch, so cuDNN runs
+  every layer and direction in one fused kernel and never sees padding.
+- ``padded`` (``auto`` on a CPU, where it is faster): each layer and direction runs over the
+  padded tensor, reading the module's weights for that layer-direction
+  (``torch.func.functional_call`` on a one-layer template). The backward direction runs over
+  every sequence reversed *within its own length*, so it starts on the last real token, never
+  on padding; forward outputs at real steps cannot depend on the padding after them; final
+  states are read at each row's last real step.
+
+Lengths may live on the CPU (where packing needs them); they go to the device once per call,
+and masks are built there, so the padded path reads nothing back from the device.
 """
 
 import warnings
@@ -19,14 +25,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqmodels.errors import ConfigError
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 COMBINE_MODES = ("concat", "sum", "mul")
-VARIABLE_LENGTH_STRATEGIES = ("padded", "packed")
+VARIABLE_LENGTH_STRATEGIES = ("auto", "padded", "packed")
 NONLINEARITIES = ("tanh", "relu")
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 # An RNN/GRU state is one tensor; an LSTM state is (h, c). Each is (num_layers * directions, B, H)
 # in torch's layout: index layer * directions + direction.
@@ -40,30 +48,28 @@ class EncoderOutput:
     final: Tensor
     """(B, output_dim): top layer's forward state at each row's last real step and backward
     state at its first step, combined like ``outputs``."""
-    final_hidden: Tensor
-    """(num_layers, directions, B, hidden_size): every layer's final hidden state per direction."""
     state: State | None
     """Recurrent state in torch's layout, to carry into the next call (TBPTT, generation).
-    Always exact with ``packed``; with ``padded`` an LSTM's cell state is only known when every
-    row is full length (the case for TBPTT windows and generation), otherwise this is None."""
+    Always exact when every row is full length (``lengths=None``) and with ``packed``; with
+    ``padded`` and variable lengths an LSTM's cell state is not known, and this is None."""
 
 
 def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
     """Reverse each row's first ``lengths[i]`` steps and leave its padding where it is.
 
     :param x: (B, T, ...) right-padded batch.
-    :param lengths: (B,) true lengths.
+    :param lengths: (B,) true lengths, on ``x``'s device.
     """
     steps = torch.arange(x.size(1), device=x.device)
-    reversed_steps = lengths.to(x.device).unsqueeze(1) - 1 - steps  # (B, T)
+    reversed_steps = lengths.unsqueeze(1) - 1 - steps  # (B, T)
     index = torch.where(reversed_steps >= 0, reversed_steps, steps)
     index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
 
 
 def step_at(x: Tensor, positions: Tensor) -> Tensor:
-    """Row i's vector at step ``positions[i]``: (B, T, H) -> (B, H)."""
-    index = positions.to(x.device).view(-1, 1, 1).expand(-1, 1, x.size(2))
+    """Row i's vector at step ``positions[i]`` (on ``x``'s device): (B, T, H) -> (B, H)."""
+    index = positions.view(-1, 1, 1).expand(-1, 1, x.size(2))
     return x.gather(1, index).squeeze(1)
 
 
@@ -80,7 +86,8 @@ class RNNEncoder(nn.Module):
         ``mul`` (element-wise product; H).
     :param dropout: dropout on the outputs of every layer but the last.
     :param nonlinearity: ``tanh`` or ``relu``, for ``cell=rnn`` only.
-    :param variable_length: ``padded`` or ``packed``; identical results, see the module docstring.
+    :param variable_length: ``auto`` (packed on CUDA, padded elsewhere), ``padded`` or
+        ``packed``; identical results, see the module docstring.
     """
 
     def __init__(
@@ -93,7 +100,7 @@ class RNNEncoder(nn.Module):
         combine: str = "concat",
         dropout: float = 0.0,
         nonlinearity: str = "tanh",
-        variable_length: str = "padded",
+        variable_length: str = "auto",
     ):
         super().__init__()
         _check_options(input_size, hidden_size, cell, num_layers, combine, dropout, nonlinearity,
@@ -106,19 +113,18 @@ class RNNEncoder(nn.Module):
         self.combine = combine
         self.variable_length = variable_length
         extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                CELLS[cell](
-                    input_size if layer == 0 else hidden_size * self.num_directions,
-                    hidden_size,
-                    batch_first=True,
-                    **extra,
-                )
-                for _ in range(self.num_directions)
-            )
-            for layer in range(num_layers)
-        )
+        self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers,
+                               bidirectional=bidirectional, batch_first=True,
+                               dropout=dropout if num_layers > 1 else 0.0, **extra)
         self.dropout = nn.Dropout(dropout)
+        # One-layer, one-direction modules without weights of their own (meta): the padded
+        # path calls them with one layer-direction of ``self.rnn``. A tuple, so that they are
+        # not submodules (no parameters, not moved by ``.to``).
+        with torch.device("meta"):
+            self._templates = tuple(
+                CELLS[cell](input_size if layer == 0 else hidden_size * self.num_directions,
+                            hidden_size, batch_first=True, **extra)
+                for layer in range(min(num_layers, 2)))
 
     def get_input_dim(self) -> int:
         return self.input_size
@@ -135,63 +141,89 @@ class RNNEncoder(nn.Module):
     def is_bidirectional(self) -> bool:
         return self.num_directions == 2
 
-    def forward(self, x: Tensor, lengths: Tensor, state: State | None = None) -> EncoderOutput:
+    def layer_weights(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        """One layer-direction's parameters, named as in a one-layer torch RNN
+        (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``)."""
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return {f"{name}_l0": getattr(self.rnn, name + suffix) for name in WEIGHT_NAMES}
+
+    def run_layer(self, layer: int, direction: int, seq: Tensor,
+                  initial: State | None = None) -> tuple[Tensor, State]:
+        """One layer-direction over (B, T, I) ``seq`` (already reversed for direction 1), as a
+        one-layer torch RNN would: (B, T, H) outputs and its final state."""
+        template = self._templates[min(layer, 1)]
+        return functional_call(template, self.layer_weights(layer, direction), (seq, initial))
+
+    def strategy(self, x: Tensor) -> str:
+        if self.variable_length == "auto":
+            return "packed" if x.is_cuda else "padded"
+        return self.variable_length
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                state: State | None = None) -> EncoderOutput:
         """:param x: (B, T, input_size), right-padded.
-        :param lengths: (B,) true lengths, each in [1, T]; may live on the CPU.
+        :param lengths: (B,) true lengths, each in [1, T], best kept on the CPU (packing reads
+            them there); None: every row is T long.
         :param state: optional initial state in torch's layout (see ``State``).
         """
         batch, steps, _ = x.shape
-        if lengths.dim() != 1 or lengths.numel() != batch:
+        if lengths is not None and (lengths.dim() != 1 or lengths.numel() != batch):
             raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-        if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
-            raise ValueError(f"every length must be in [1, {steps}], got {lengths.tolist()}")
-        lengths_cpu = lengths.cpu()
-        full_length = bool((lengths_cpu == steps).all())
-        last = lengths_cpu - 1
+        if self.strategy(x) == "packed":
+            return self._packed(x, lengths, state)
+        return self._padded(x, lengths, state)
 
+    def _packed(self, x: Tensor, lengths: Tensor | None, state: State | None) -> EncoderOutput:
+        """Every layer and direction in one call of the torch module."""
+        if lengths is None:
+            out, final = self.rnn(x, state)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            out, final = self.rnn(packed, state)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        h = final[0] if isinstance(final, tuple) else final  # (layers * directions, B, H)
+        top = list(out.split(self.hidden_size, dim=2))
+        return EncoderOutput(outputs=self._combine(top),
+                             final=self._combine(list(h[-self.num_directions:])), state=final)
+
+    def _padded(self, x: Tensor, lengths: Tensor | None, state: State | None) -> EncoderOutput:
+        """Layer by layer and direction by direction over the padded batch."""
+        full_length = lengths is None
+        if not full_length:
+            lengths = lengths.to(x.device, non_blocking=True)  # once per call
         hiddens, cells, layer_input = [], [], x
-        for index, directions in enumerate(self.layers):
-            if index > 0:
+        for layer in range(self.num_layers):
+            if layer > 0:
                 layer_input = self.dropout(layer_input)
             outputs = []
-            for direction, rnn in enumerate(directions):
-                initial = _select(state, index * self.num_directions + direction)
+            for direction in range(self.num_directions):
+                initial = _select(state, layer * self.num_directions + direction)
                 backward = direction == 1
-                seq = reverse_within_length(layer_input, lengths_cpu) if backward else layer_input
-                out, (h, c) = self._run(rnn, seq, lengths_cpu, last, full_length, initial)
-                outputs.append(reverse_within_length(out, lengths_cpu) if backward else out)
+                seq = layer_input
+                if backward:
+                    seq = seq.flip(1) if full_length else reverse_within_length(seq, lengths)
+                out, final = self.run_layer(layer, direction, seq, initial)
+                h, c = final if isinstance(final, tuple) else (final, None)
+                h, c = h[0], None if c is None else c[0]
+                if not full_length:
+                    # The RNN ran on past each row's end: read its state where the row ended.
+                    h, c = step_at(out, lengths - 1), None
+                if backward:
+                    out = out.flip(1) if full_length else reverse_within_length(out, lengths)
+                outputs.append(out)
                 hiddens.append(h)
                 cells.append(c)
             layer_input = torch.cat(outputs, dim=2) if len(outputs) == 2 else outputs[0]
 
-        mask = (torch.arange(steps) < lengths_cpu.unsqueeze(1)).to(x.device)  # (B, T)
-        top = [o * mask.unsqueeze(2).to(o.dtype) for o in outputs]
-        top_final = hiddens[-self.num_directions :]
-        final_hidden = torch.stack(hiddens).view(self.num_layers, self.num_directions, batch, -1)
+        if not full_length:
+            mask = torch.arange(x.size(1), device=x.device) < lengths.unsqueeze(1)  # (B, T)
+            outputs = [o * mask.unsqueeze(2).to(o.dtype) for o in outputs]
         return EncoderOutput(
-            outputs=self._combine(top),
-            final=self._combine(top_final),
-            final_hidden=final_hidden,
+            outputs=self._combine(outputs),
+            final=self._combine(hiddens[-self.num_directions :]),
             state=self._pack_state(hiddens, cells),
         )
-
-    def _run(self, rnn, seq, lengths_cpu, last, full_length, initial):
-        """One direction of one layer. Returns outputs (B, T, H) and (h, c) at each row's last
-        real step, each (B, H); c is None for RNN/GRU and where it cannot be known."""
-        if self.variable_length == "packed" and not full_length:
-            packed = pack_padded_sequence(seq, lengths_cpu, batch_first=True, enforce_sorted=False)
-            out, final = rnn(packed, initial)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=seq.size(1))
-            h, c = final if isinstance(final, tuple) else (final, None)
-            return out, (h[0], None if c is None else c[0])
-        out, final = rnn(seq, initial)
-        h = final[0][0] if isinstance(final, tuple) else final[0]
-        c = final[1][0] if isinstance(final, tuple) else None
-        if not full_length:
-            # The RNN ran on past each row's end: read its state where the row really ended.
-            h = step_at(out, last)
-            c = None
-        return out, (h, c)
 
     def _combine(self, parts: list[Tensor]) -> Tensor:
         if len(parts) == 1:
