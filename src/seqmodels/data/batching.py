@@ -3,7 +3,8 @@
 The batch contract: ``tokens`` (B, T) int64 right-padded with ``PAD_ID``; ``lengths`` (B,)
 int64 on the CPU (packing needs them there, so they never move to an accelerator);
 ``targets``: (B,) class ids for sentence tasks, (B, T) with ``IGNORE_INDEX`` at padding for
-token tasks; ``chars`` (B, T, W) for taggers with character features.
+token tasks; ``chars`` (``SpelledWords``: the distinct spellings of the batch's words and,
+per (B, T) position, the row that spells it) for models with character features.
 """
 
 import math
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from seqmodels.data.chars import pad_chars
+from seqmodels.data.chars import SpelledWords, spell_batch
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import DataError
 
@@ -27,7 +28,7 @@ class Batch:
     tokens: Tensor
     lengths: Tensor
     targets: Tensor | None = None
-    chars: Tensor | None = None
+    chars: SpelledWords | None = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         def move(t):
@@ -60,12 +61,12 @@ def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> tuple[Tensor
 
 def collate_classification(examples: Sequence[tuple]) -> Batch:
     """Examples ``(token ids, label)``, or ``(token ids, label, spelled words)`` for models
-    with character features (``chars``: (B, T, W))."""
+    with character features (``chars``: ``SpelledWords``)."""
     tokens, lengths = pad([example[0] for example in examples])
     labels = torch.tensor([example[1] for example in examples], dtype=torch.long)
     chars = None
     if len(examples[0]) > 2:
-        chars = pad_chars([example[2] for example in examples], tokens.size(1))
+        chars = spell_batch([example[2] for example in examples], tokens.size(1))
     return Batch(tokens, lengths, labels, chars)
 
 

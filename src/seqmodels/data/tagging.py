@@ -8,7 +8,7 @@ from typing import Any
 
 from seqmodels.data.base import SequenceDataModule
 from seqmodels.data.batching import IGNORE_INDEX, Batch, pad
-from seqmodels.data.chars import Speller, build_char_vocab, pad_chars
+from seqmodels.data.chars import Speller, build_char_vocab, spell_batch
 from seqmodels.data.conll import TaggedSentence, read_columns, read_conllu
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
@@ -22,10 +22,12 @@ Encoded = tuple[list[int], list[int], list[list[int]]]
 
 def collate_tagging(examples: Sequence[Encoded]) -> Batch:
     """(B, T) word ids, (B,) lengths, (B, T) tag ids with ``IGNORE_INDEX`` at padding, and
-    (B, T, W) character ids of each word (``PAD_ID`` after its end and at padded steps)."""
+    the words' characters (``SpelledWords``: each distinct spelling once, and its row for
+    every position)."""
     tokens, lengths = pad([words for words, _, _ in examples])
     targets, _ = pad([tags for _, tags, _ in examples], value=IGNORE_INDEX)
-    return Batch(tokens, lengths, targets, pad_chars([c for _, _, c in examples], tokens.size(1)))
+    return Batch(tokens, lengths, targets,
+                 spell_batch([c for _, _, c in examples], tokens.size(1)))
 
 
 class TaggingDataModule(SequenceDataModule):

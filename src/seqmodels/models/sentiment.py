@@ -7,6 +7,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from seqmodels.data.batching import Batch
+from seqmodels.data.chars import SpelledWords
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.adversarial import adversarial_loss
@@ -98,13 +99,15 @@ class SentimentClassifier(SequenceModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
-    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
-        """(B, T) token ids, (B,) lengths and, with character features, (B, T, W) character
-        ids -> (B, num_classes) logits."""
+    def forward(self, tokens: Tensor, lengths: Tensor,
+                chars: SpelledWords | Tensor | None = None) -> Tensor:
+        """(B, T) token ids, (B,) lengths and, with character features, the batch's
+        ``SpelledWords`` (or (B, T, W) character ids) -> (B, num_classes) logits."""
         real = tokens != PAD_ID  # (B, T)
         return self.classify(self.word_vectors(tokens, real, chars), real, lengths)
 
-    def word_vectors(self, tokens: Tensor, real: Tensor, chars: Tensor | None) -> Tensor:
+    def word_vectors(self, tokens: Tensor, real: Tensor,
+                     chars: SpelledWords | Tensor | None) -> Tensor:
         """(B, T) token ids and their (B, T) real-token mask -> (B, T, E[+C]) word vectors."""
         return word_vectors(self.embedding, self.char_encoder, tokens, real, chars,
                             self.word_dropout if self.training else 0.0)

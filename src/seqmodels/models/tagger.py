@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 )
 
 from seqmodels.data.batching import IGNORE_INDEX, Batch
+from seqmodels.data.chars import SpelledWords
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
@@ -208,8 +209,10 @@ class SequenceTagger(SequenceModule):
         self.test_report: list[dict] = []  # per-tag rows of the last test run
 
     # -- the network --------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
-        """(B, T) word ids, (B,) lengths and (B, T, W) char ids -> (B, T, num_tags) logits."""
+    def forward(self, tokens: Tensor, lengths: Tensor,
+                chars: SpelledWords | Tensor | None = None) -> Tensor:
+        """(B, T) word ids, (B,) lengths and the batch's ``SpelledWords`` (or (B, T, W) char
+        ids) -> (B, T, num_tags) logits."""
         steps = torch.arange(tokens.size(1), device=tokens.device)
         mask = steps < lengths.to(tokens.device).unsqueeze(1)  # (B, T): real tokens
         vectors = word_vectors(self.embedding, self.char_encoder, tokens, mask, chars,
