@@ -147,6 +147,7 @@ def kill_when(cwd: Path, env: dict, overrides: list[str], ready, deadline: float
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
 
 
 def newer(paths, since: float) -> list[Path]:
@@ -164,11 +165,13 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resumes(user):
     cwd, env = user
     run = cwd / "run"
     folder = run / "checkpoints"
-    # Many short epochs: a checkpoint write every few steps, of the SST-2 recipe with weight
-    # averaging (weights, averages and Adam moments in last.ckpt).
+    # Many short epochs: a checkpoint write every two steps, of the SST-2 recipe with weight
+    # averaging (weights, averages and Adam moments in last.ckpt), big enough (about 60 MB)
+    # that a write takes long enough to be caught in the middle.
     common = ["experiment=sst2_bilstm", "logger=csv", "callbacks.early_stopping=null",
-              "trainer.max_epochs=40", "trainer.limit_train_batches=2",
-              "trainer.limit_val_batches=1", f"hydra.run.dir={run}"]
+              "model.encoder.hidden_size=512", "data.batch_size=4",
+              "trainer.max_epochs=40", "+trainer.limit_train_batches=2",
+              "+trainer.limit_val_batches=1", f"hydra.run.dir={run}"]
 
     def temporaries(since: float = 0) -> list[Path]:
         return newer(folder.glob(".*.tmp"), since) if folder.is_dir() else []

@@ -82,6 +82,8 @@ def data_config(cfg: DictConfig, recorded: dict | None, overrides: list[str]) ->
         if key.startswith("data."):
             OmegaConf.update(merged, key[len("data."):], OmegaConf.select(cfg, key),
                              force_add=True)
+    if "data.test_path" in keys and "data.test_fraction" not in keys and "test_fraction" in merged:
+        merged.test_fraction = 0.0  # a test file given: the split carved from train is not
     return merged
 
 
