@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
+from seqmodels.averaging import ema_avg_fn, ema_multi_avg_fn
 from seqmodels.config import build
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.models.charlm import detach_state
@@ -327,10 +328,10 @@ def configured_averaging(cfg, model: nn.Module,
     """The moving average of the weights that the run's ``weight_averaging`` callback keeps
     (Lightning's ``WeightAveraging``: an ``AveragedModel`` updated after every step), or None.
 
-    :param mode: ``as configured``; the configured EMA decay through ``foreach``:
-        ``get_ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all tensors) or ``per
-        parameter``: ``get_ema_avg_fn`` (a new tensor per parameter per step); ``none``: no
-        average.
+    :param mode: ``as configured``; the configured EMA decay and warm-up through ``foreach``:
+        ``seqmodels.averaging.ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all
+        tensors) or ``per parameter``: ``ema_avg_fn`` (a new tensor per parameter per step);
+        ``none``: no average.
     """
     if mode not in AVERAGING:
         raise ValueError(f"averaging {mode!r} is not one of {AVERAGING}")
@@ -340,10 +341,11 @@ def configured_averaging(cfg, model: nn.Module,
     kwargs = {key: build(value) if isinstance(value, DictConfig) and "_target_" in value
               else value for key, value in node.items() if key not in ("_target_", "device")}
     if mode in ("foreach", "per parameter"):
-        decay = (node.get("avg_fn") or node.get("multi_avg_fn")).decay
+        fn = node.get("avg_fn") or node.get("multi_avg_fn")
+        decay, warmup = fn.decay, fn.get("warmup", False)
         kwargs = {"use_buffers": node.get("use_buffers", True),
-                  **({"multi_avg_fn": get_ema_multi_avg_fn(decay)} if mode == "foreach"
-                     else {"avg_fn": get_ema_avg_fn(decay)})}
+                  **({"multi_avg_fn": ema_multi_avg_fn(decay, warmup)} if mode == "foreach"
+                     else {"avg_fn": ema_avg_fn(decay, warmup)})}
     return AveragedModel(model, **{"use_buffers": True, **kwargs})
 
 
