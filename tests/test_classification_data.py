@@ -209,8 +209,9 @@ def test_char_features_spell_out_each_word_from_the_training_characters(tmp_path
     assert set(chars.itos[2:]) == set("goodfunullpt")  # training characters only
     assert dm.model_sizes()["num_chars"] == len(chars)
     batch = next(iter(dm.test_dataloader()))
-    assert batch.chars.shape == (1, 3, 5)  # 3 words, clipped to 5 characters
-    spelled = [[chars.itos[i] for i in word if i != PAD_ID] for word in batch.chars[0].tolist()]
+    assert batch.chars.padded().shape == (1, 3, 5)  # 3 words, clipped to 5 characters
+    words = batch.chars.padded()[0].tolist()
+    spelled = [[chars.itos[i] for i in word if i != PAD_ID] for word in words]
     # "goodish" keeps its first 3 and last 2 characters ("goosh"); s, h, x and q never occur
     # in training: <unk>.
     assert spelled == [[*"goo", "<unk>", "<unk>"], ["<unk>", "<unk>"], list("fun")]

@@ -1,6 +1,8 @@
-"""The optimizer steps SequenceModule takes itself (Lightning's manual optimization) against
-Lightning's automatic loop, the reference: the same weights, learning rates and step counts
-after training with gradient clipping, accumulation and each kind of LR scheduler."""
+"""SequenceModule trains in Lightning's automatic loop with one change of order: gradients are
+zeroed before the forward (through the public ``optimizer_zero_grad`` hook), not between forward
+and backward. The reference is the same module with Lightning's own order: the same weights,
+learning rates and step counts after training with gradient clipping, accumulation and each
+kind of LR scheduler, all set as Lightning Trainer arguments."""
 
 import functools
 
@@ -11,10 +13,9 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 from torch.utils.data import DataLoader
 
+from seqmodels.config import build
 from seqmodels.data.batching import collate_classification
-from seqmodels.errors import ConfigError
 from seqmodels.models.sentiment import SentimentClassifier
-from seqmodels.stepping import Stepping
 from tests.conftest import compose_config
 
 VOCAB, BATCH, BATCHES = 30, 4, 7  # 7 batches: accumulating 3 leaves a window of 1 at the end
@@ -25,36 +26,23 @@ class PerStepSchedule(SentimentClassifier):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
-        steps = (self.trainer.estimated_stepping_batches if self.automatic_optimization
-                 else self.estimated_optimizer_steps())
+        steps = self.trainer.estimated_stepping_batches
         return {"optimizer": optimizer, "lr_scheduler": {
             "scheduler": OneCycleLR(optimizer, max_lr=0.05, total_steps=int(steps)),
             "interval": "step"}}
 
 
-def automatic(cls):
-    """``cls`` stepped by Lightning's automatic loop, which clips, accumulates and steps the
-    schedulers itself."""
+def lightning_order(cls):
+    """``cls`` with Lightning's own zeroing: between the forward and the backward."""
 
-    class Automatic(cls):
-        automatic_optimization = True
-
+    class LightningOrder(cls):
         def training_step(self, batch, batch_idx):
             return self.training_loss(batch, batch_idx)
 
-        def on_before_optimizer_step(self, optimizer):
-            pass
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            L.LightningModule.optimizer_zero_grad(self, epoch, batch_idx, optimizer)
 
-        def on_train_epoch_end(self):
-            self.log_epoch_train_loss()
-
-        def configure_optimizers(self):
-            config = super().configure_optimizers()
-            if isinstance(config, dict):
-                config["lr_scheduler"]["monitor"] = self.scheduler_monitor
-            return config
-
-    return Automatic
+    return LightningOrder
 
 
 def loader(seed: int) -> DataLoader:
@@ -73,16 +61,12 @@ ADAM = functools.partial(torch.optim.Adam, lr=0.01)
 ENCODER = {"cell": "lstm", "hidden_size": 6, "bidirectional": True}
 
 
-def fit(cls, settings: dict, scheduler, manual: bool, callbacks=(), ckpt_path=None,
-        optimizer=ADAM, encoder=ENCODER, **trainer_kwargs):
+def fit(cls, settings: dict, scheduler, callbacks=(), ckpt_path=None, optimizer=ADAM,
+        encoder=ENCODER, **trainer_kwargs):
     torch.manual_seed(0)
     model = cls(vocab_size=VOCAB, num_classes=2, embedding_dim=8, scheduler=scheduler,
                 encoder=encoder, optimizer=optimizer)
-    trainer_settings = {}
-    if manual:
-        model.stepping = Stepping(**settings)
-    else:
-        trainer_settings = settings
+    trainer_settings = settings
     checkpoints = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     options = {"max_epochs": 3, "enable_checkpointing": checkpoints, **trainer_settings,
                **trainer_kwargs}
@@ -106,9 +90,8 @@ CASES = {
     "one-cycle each step, accumulate 2": ({"accumulate_grad_batches": 2}, None, PerStepSchedule),
 }
 # Cases with trainer options of their own: a validation every 2 batches falls inside the
-# windows of 3 (their gradients must survive it); bf16 autocast on the CPU, where the backward
-# and the step run inside the training step's autocast region (the automatic loop runs them
-# outside it).
+# windows of 3 (their gradients must survive it: zeroing only at a window's first batch);
+# bf16 autocast on the CPU.
 TRAINER_CASES = {
     "validation inside windows of 3": ({"accumulate_grad_batches": 3},
                                        {"val_check_interval": 2}),
@@ -120,14 +103,13 @@ TRAINER_CASES = {
 @pytest.mark.parametrize("case", [
     *CASES, *(pytest.param(case, marks=pytest.mark.cpu_bf16) if "bf16" in case else case
               for case in TRAINER_CASES)])
-def test_manual_steps_give_the_weights_of_lightnings_automatic_loop(case, one_thread):
+def test_zeroing_before_the_forward_gives_the_weights_of_lightnings_order(case, one_thread):
     if case in TRAINER_CASES:
         (settings, extra), scheduler, cls = TRAINER_CASES[case], None, SentimentClassifier
     else:
         (settings, scheduler, cls), extra = CASES[case], {}
-    ours, our_trainer = fit(cls, settings, scheduler, manual=True, **extra)
-    reference, reference_trainer = fit(automatic(cls), settings, scheduler, manual=False,
-                                       **extra)
+    ours, our_trainer = fit(cls, settings, scheduler, **extra)
+    reference, reference_trainer = fit(lightning_order(cls), settings, scheduler, **extra)
 
     assert our_trainer.global_step == reference_trainer.global_step
     accumulate = settings.get("accumulate_grad_batches", 1)
@@ -157,9 +139,9 @@ def test_loss_scaling_with_clipping_trains_the_configured_fused_adam(one_thread)
     automatic loop with plain Adam: unscaled, then clipped, then stepped."""
     clip, gru = {"gradient_clip_val": 0.05}, {"cell": "gru", "hidden_size": 6}  # fp16 LSTM: GPU
     fused = functools.partial(torch.optim.Adam, lr=0.01, fused=True)
-    ours, our_trainer = fit(SentimentClassifier, clip, None, manual=True, optimizer=fused,
-                            encoder=gru, plugins=[loss_scaling()])
-    reference, reference_trainer = fit(automatic(SentimentClassifier), clip, None, manual=False,
+    ours, our_trainer = fit(SentimentClassifier, clip, None, optimizer=fused, encoder=gru,
+                            plugins=[loss_scaling()])
+    reference, reference_trainer = fit(lightning_order(SentimentClassifier), clip, None,
                                        encoder=gru, plugins=[loss_scaling()])
     assert our_trainer.global_step == reference_trainer.global_step == 3 * BATCHES
     scales = [t.precision_plugin.scaler.get_scale() for t in (our_trainer, reference_trainer)]
@@ -168,33 +150,27 @@ def test_loss_scaling_with_clipping_trains_the_configured_fused_adam(one_thread)
                                      strict=True):
         torch.testing.assert_close(ours_p, ref_p, rtol=0, atol=1e-6, msg=name)
     # The clipping was in force: unclipped, the same steps end elsewhere.
-    unclipped, _ = fit(SentimentClassifier, {}, None, manual=True, optimizer=fused, encoder=gru,
+    unclipped, _ = fit(SentimentClassifier, {}, None, optimizer=fused, encoder=gru,
                        plugins=[loss_scaling()])
     assert not torch.allclose(unclipped.classifier.weight, ours.classifier.weight, atol=1e-3)
 
 
 @functools.cache
 def weights_without_settings() -> torch.Tensor:
-    model, _ = fit(SentimentClassifier, {}, None, manual=True)
+    model, _ = fit(SentimentClassifier, {}, None)
     return model.classifier.weight.detach()
 
 
-def test_impossible_stepping_settings_are_refused():
-    with pytest.raises(ConfigError, match="gradient_clip_val"):
-        Stepping(gradient_clip_val=-1)
-    with pytest.raises(ConfigError, match="gradient_clip_algorithm"):
-        Stepping(gradient_clip_algorithm="l3")
-    with pytest.raises(ConfigError, match="accumulate_grad_batches"):
-        Stepping(accumulate_grad_batches=0)
-
-
-def test_the_trainer_config_keeps_clipping_and_accumulation_for_the_module(tmp_path):
+def test_clipping_and_accumulation_are_lightnings_own_trainer_settings(tmp_path):
+    """What a third-party callback reads off the trainer is what the run does."""
     cfg = compose_config(tmp_path, ["trainer.gradient_clip_val=0.5",
+                                    "trainer.gradient_clip_algorithm=value",
                                     "trainer.accumulate_grad_batches=4"])
-    stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
-    assert stepping == Stepping(gradient_clip_val=0.5, accumulate_grad_batches=4)
-    assert "gradient_clip_val" not in trainer_cfg and "accumulate_grad_batches" not in trainer_cfg
-    assert trainer_cfg.default_root_dir == str(tmp_path / "run")  # resolved, not dangling
+    trainer = build(cfg.trainer, logger=False)
+    assert trainer.accumulate_grad_batches == 4
+    assert trainer.gradient_clip_val == 0.5
+    assert trainer.gradient_clip_algorithm == "value"
+    assert SentimentClassifier.automatic_optimization
 
 
 class SaveInsideEpoch(L.Callback):
@@ -218,9 +194,9 @@ def test_a_resumed_run_takes_every_epoch_schedule_step(tmp_path, saved, one_thre
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="saved",
                                                          monitor="val/loss", save_top_k=-1)]
         extra = {"check_val_every_n_epoch": 2}
-    _, uninterrupted = fit(SentimentClassifier, {}, schedule, manual=True, callbacks=callbacks,
+    _, uninterrupted = fit(SentimentClassifier, {}, schedule, callbacks=callbacks,
                            **extra)
-    _, resumed = fit(SentimentClassifier, {}, schedule, manual=True, ckpt_path=path, **extra)
+    _, resumed = fit(SentimentClassifier, {}, schedule, ckpt_path=path, **extra)
     lrs = [t.optimizers[0].param_groups[0]["lr"] for t in (uninterrupted, resumed)]
     assert lrs[0] == lrs[1] == 0.01 * 0.5 ** 3
 
@@ -228,5 +204,5 @@ def test_a_resumed_run_takes_every_epoch_schedule_step(tmp_path, saved, one_thre
 def test_a_run_ending_inside_an_epoch_skips_the_plateau_step(one_thread):
     """max_steps ends the run before the epoch's validation: no metric to step on, no error."""
     schedule = functools.partial(ReduceLROnPlateau, patience=0)
-    _, trainer = fit(SentimentClassifier, {}, schedule, manual=True, max_steps=3)
+    _, trainer = fit(SentimentClassifier, {}, schedule, max_steps=3)
     assert trainer.global_step == 3

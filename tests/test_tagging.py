@@ -103,7 +103,7 @@ def test_collate_pads_targets_and_characters():
     assert batch.tokens.tolist() == [[5, 6], [7, PAD_ID]]
     assert batch.lengths.tolist() == [2, 1]
     assert batch.targets.tolist() == [[0, 1], [2, IGNORE_INDEX]]
-    assert batch.chars.tolist() == [[[3, 4, 5], [6, 0, 0]], [[8, 9, 0], [0, 0, 0]]]
+    assert batch.chars.padded().tolist() == [[[3, 4, 5], [6, 0, 0]], [[8, 9, 0], [0, 0, 0]]]
 
 
 def test_clip_word_keeps_both_ends():

@@ -4,7 +4,6 @@ several processes (``trainer=ddp_cpu``, ``trainer=ddp``) or several nodes."""
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,8 @@ from seqmodels.run_checks import check_model_fits_data, discard_unstarted_run
 from seqmodels.run_info import write_run_info
 from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
 from seqmodels.step_costs import SilentProfiler, frozen_garbage
-from seqmodels.stepping import Stepping
 
 log = logging.getLogger(__name__)
-# Lightning warns at each step checkpoint of a manually optimized module that it holds the
-# weights after the step: so does an automatically optimized one's, as wanted here.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
@@ -119,8 +114,7 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))
     loggers = instantiate_group(cfg.get("logger"))
-    # Clipping and accumulation are the module's to carry out (seqmodels.stepping).
-    stepping, trainer_cfg = Stepping.split_trainer_config(cfg.trainer)
+    trainer_cfg = cfg.trainer
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}
     # Checkpoints written whole or not at all; the best one holds the weights alone.
     trainer: L.Trainer = build(trainer_cfg, callbacks=callbacks, logger=loggers or False,
@@ -129,7 +123,6 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
 
     datamodule, model = build_data_and_model(cfg)
-    model.stepping = stepping
     write_run_info(cfg.paths.output_dir, cfg, datamodule.vocabs)
     if ckpt_path is not None:
         log.info("resuming from %s; outputs go to %s", ckpt_path, cfg.paths.output_dir)

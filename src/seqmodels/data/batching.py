@@ -29,18 +29,23 @@ class Batch:
     lengths: Tensor
     targets: Tensor | None = None
     chars: SpelledWords | None = None
+    # Real tokens in the batch, counted where the batch is made: a training step that weighs
+    # its loss by them then reads nothing back.
+    num_tokens: int | None = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         def move(t):
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
-        return Batch(move(self.tokens), self.lengths, move(self.targets), move(self.chars))
+        return Batch(move(self.tokens), self.lengths, move(self.targets), move(self.chars),
+                     self.num_tokens)
 
     def pin_memory(self) -> "Batch":
         def pin(t):
             return None if t is None else t.pin_memory()
 
-        return Batch(pin(self.tokens), self.lengths, pin(self.targets), pin(self.chars))
+        return Batch(pin(self.tokens), self.lengths, pin(self.targets), pin(self.chars),
+                     self.num_tokens)
 
     def __len__(self) -> int:
         return self.tokens.size(0)

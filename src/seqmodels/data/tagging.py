@@ -27,7 +27,8 @@ def collate_tagging(examples: Sequence[Encoded]) -> Batch:
     tokens, lengths = pad([words for words, _, _ in examples])
     targets, _ = pad([tags for _, tags, _ in examples], value=IGNORE_INDEX)
     return Batch(tokens, lengths, targets,
-                 spell_batch([c for _, _, c in examples], tokens.size(1)))
+                 spell_batch([c for _, _, c in examples], tokens.size(1)),
+                 num_tokens=sum(len(words) for words, _, _ in examples))
 
 
 class TaggingDataModule(SequenceDataModule):

@@ -1,22 +1,16 @@
-"""What every task module shares: optimizer wiring from config partials, the training step's
-optimization, vocabularies saved in the checkpoint."""
+"""What every task module shares: optimizer wiring from config partials, the training loss's
+bookkeeping, vocabularies saved in the checkpoint. Optimization is Lightning's own automatic
+loop: clipping, accumulation and scheduler stepping are the Trainer's settings."""
 
-import contextlib
-import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
-from seqmodels.errors import ConfigError
 from seqmodels.precision import clippable_optimizer
-from seqmodels.step_costs import BACKWARD_HOOKS, STEP_HOOKS, dispatch_is_idle
-from seqmodels.stepping import Stepping
 
 
 class SequenceModule(L.LightningModule):
@@ -24,18 +18,14 @@ class SequenceModule(L.LightningModule):
     :param scheduler: an optional partial that takes the optimizer.
     :param scheduler_monitor: the metric a plateau scheduler watches.
 
-    Subclasses give the loss of a training batch (``training_loss``); the optimizer step is
-    taken here, with Lightning's manual optimization. Lightning's automatic loop (a closure,
-    more hooks and bookkeeping) costs about 0.4 ms a step, 2-3% of a short SST-2 step on a CPU
-    (docs/benchmarks.md, section 1). What that loop would do is done here the same way:
-    zeroing, gradient clipping after unscaling (``on_before_optimizer_step``), accumulation,
-    and stepping LR schedulers by step, by epoch or on a plateau; tests/test_stepping.py
-    compares the weights with Lightning's own loop. Clipping and accumulation are set in the
-    trainer config as usual; ``train`` hands them over as ``stepping``.
+    Subclasses give the loss of a training batch (``training_loss``); Lightning's automatic
+    loop does the rest (``trainer.gradient_clip_val``, ``trainer.accumulate_grad_batches``).
+    One change to its order, through public hooks: gradients are zeroed before the forward
+    rather than between forward and backward, so the freed gradients' memory serves the
+    forward's tensors instead of the backward taking fresh pages (docs/benchmarks.md).
     """
 
     task: str  # written into checkpoints so that a tool can refuse another task's checkpoint
-    automatic_optimization = False
 
     def __init__(
         self,
@@ -54,25 +44,29 @@ class SequenceModule(L.LightningModule):
         # seqmodels-eval and -predict read the same data from it unless told otherwise.
         self.data_config: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
-        self.stepping = Stepping()
-        self._window_open = False  # an accumulation window has gradients not yet stepped
-        self._finished_epoch = -1  # the last epoch whose last batch was trained on
         # The training loss summed on the spot: a MeanMetric update per step costs about
         # 0.15 ms (its checks and broadcasting); the metric gets the sum once an epoch.
         self._loss_sum, self._loss_weight = torch.zeros(()), 0
-        # Whether Lightning's backward / step dispatch can be skipped (set in on_fit_start).
-        self._plain_backward = self._plain_step = False
 
     @property
     def optimizer_factory(self) -> Callable | None:
         """The ``optimizer`` partial as this run can use it: unfused where 16-bit mixed
         precision scales the loss and the gradients are clipped (Lightning cannot clip a fused
         optimizer's gradients: it unscales them inside its step; ``seqmodels.precision``)."""
-        return clippable_optimizer(self._optimizer_factory, self.stepping.clips, self._trainer)
+        trainer = self.attached_trainer()
+        clips = bool(trainer and trainer.gradient_clip_val)
+        return clippable_optimizer(self._optimizer_factory, clips, trainer)
 
     @optimizer_factory.setter
     def optimizer_factory(self, factory: Callable | None) -> None:
         self._optimizer_factory = factory
+
+    def attached_trainer(self) -> L.Trainer | None:
+        """The trainer running this module, or None outside a run (``self.trainer`` raises)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     # -- the training step -------------------------------------------------------------------
     def training_loss(self, batch, batch_idx: int) -> Tensor:
@@ -80,107 +74,14 @@ class SequenceModule(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        optimizer = self.optimizers()
-        accumulate = self.stepping.accumulate_grad_batches
-        if batch_idx % accumulate == 0:
-            # Before the forward, not after it where Lightning's automatic loop zeroes: the
-            # memory of the freed gradients then serves the forward's and backward's new
-            # tensors. Freed after the forward, the backward took fresh pages from the kernel
-            # (3x the page faults; SST-2 steps about 2% slower, docs/benchmarks.md section 1).
-            optimizer.zero_grad()
-        loss = self.training_loss(batch, batch_idx)
-        last = (batch_idx + 1 == self.trainer.num_training_batches
-                or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        steps = (batch_idx + 1) % accumulate == 0 or last
-        with self._gradient_sync(steps):
-            self._backward(loss / accumulate if accumulate > 1 else loss)
-        self._window_open = not steps  # gradients waiting for the window's other batches
-        if steps:
-            self._optimizer_step(optimizer)  # on_before_optimizer_step clips first
-            self.step_lr_schedulers("step", batch_idx + 1)
-        if last:
-            # Where Lightning steps epoch schedulers: after the epoch's last step, before
-            # validation and its checkpoint; plateau ones wait for validation's metric.
-            self.step_lr_schedulers("epoch", self.current_epoch + 1, plateau=False)
-            self._finished_epoch = self.current_epoch
-        return loss.detach()
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:
+            # The first batch of an accumulation window: before its forward (see the class
+            # docstring); ``optimizer_zero_grad`` below leaves Lightning's own call out.
+            self.optimizers().optimizer.zero_grad()
+        return self.training_loss(batch, batch_idx)
 
-    def _backward(self, loss: Tensor) -> None:
-        """``manual_backward``, or straight ``loss.backward()`` where that is all it would do
-        (``step_costs.dispatch_is_idle``)."""
-        if self._plain_backward:
-            loss.backward()
-        else:
-            self.manual_backward(loss)
-
-    def _optimizer_step(self, optimizer) -> None:
-        """``optimizer.step()`` of Lightning's optimizer wrapper, or, where its dispatch is idle,
-        what it comes down to: the loop's step counting (global_step) around our clipping and
-        torch's step. tests/test_stepping.py compares both with Lightning's automatic loop."""
-        if self._plain_step:
-            optimizer._on_before_step()
-            self.on_before_optimizer_step(optimizer.optimizer)
-            optimizer.optimizer.step()
-            optimizer._on_after_step()
-        else:
-            optimizer.step()
-
-    def _gradient_sync(self, steps: bool):
-        """Under DDP, no gradient all-reduce for the batches of a window but its last (what
-        Lightning's automatic loop does with ``no_sync``): the sum is the same, sent once."""
-        if steps or not isinstance(self.trainer.strategy, ParallelStrategy):
-            return contextlib.nullcontext()
-        return self.trainer.strategy.block_backward_sync()
-
-    def on_fit_start(self) -> None:
-        # Callbacks, strategy and precision are settled by now (subclasses call this first).
-        self._plain_backward = dispatch_is_idle(self.trainer, self, BACKWARD_HOOKS,
-                                                module_hooks=(*BACKWARD_HOOKS, "backward"))
-        self._plain_step = dispatch_is_idle(self.trainer, self, STEP_HOOKS)
-
-    def on_validation_model_zero_grad(self) -> None:
-        # Lightning zeroes gradients before each validation unless its own accumulation is
-        # mid-window; with ours it cannot tell, so a validation inside a window (a
-        # val_check_interval that is not a multiple of the accumulation) would drop them.
-        if not self._window_open:
-            super().on_validation_model_zero_grad()
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Called after mixed precision unscaled the gradients, as Lightning's own clipping is.
-        if self.stepping.clips:
-            self.configure_gradient_clipping(optimizer, self.stepping.gradient_clip_val,
-                                             self.stepping.gradient_clip_algorithm)
-
-    def step_lr_schedulers(self, interval: str, count: int, plateau: bool | None = None) -> None:
-        """Step the schedulers of this ``interval`` (``step`` or ``epoch``) whose frequency
-        divides ``count`` (batches or epochs so far), as Lightning's loop does; ``plateau``:
-        only plateau schedulers (True), only others (False), or both (None). A plateau
-        scheduler gets ``scheduler_monitor``'s latest value."""
-        for config in self.trainer.lr_scheduler_configs:
-            is_plateau = isinstance(config.scheduler, ReduceLROnPlateau)
-            if (config.interval != interval or count % config.frequency
-                    or plateau not in (None, is_plateau)):
-                continue
-            value = None
-            if is_plateau:
-                value = self.trainer.callback_metrics.get(self.scheduler_monitor)
-                if value is None:
-                    raise ConfigError(
-                        f"the plateau scheduler watches {self.scheduler_monitor!r}, which is not "
-                        f"logged; logged: {sorted(self.trainer.callback_metrics)}. Set "
-                        "model.scheduler_monitor (validation must run every epoch)")
-            self.lr_scheduler_step(config.scheduler, value)
-
-    def estimated_optimizer_steps(self) -> float:
-        """The optimizer steps training will take, for per-step schedules: Lightning's
-        ``estimated_stepping_batches`` with our accumulation (the trainer sees none)."""
-        trainer, accumulate = self.trainer, self.stepping.accumulate_grad_batches
-        estimate = trainer.estimated_stepping_batches  # also sizes the train loader
-        if (accumulate == 1 or trainer.max_epochs == -1
-                or not math.isfinite(trainer.num_training_batches)):
-            return estimate  # max_steps, when it decides, counts optimizer steps already
-        steps = math.ceil(trainer.num_training_batches / accumulate) * max(trainer.max_epochs, 1)
-        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        """Done at the start of ``training_step`` instead, for the same batches."""
 
     def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> bool:
         """Add the step's loss to the epoch's mean (``on_train_epoch_end`` logs it) and, on the
@@ -196,12 +97,15 @@ class SequenceModule(L.LightningModule):
 
     def logs_this_step(self) -> bool:
         """Whether this training step's numbers reach the loggers (every
-        ``trainer.log_every_n_steps``), or it is the very first step (a number on the progress
-        bar from the start). Per-step values are logged only then: ``self.log`` costs about
-        1 ms a call (Lightning copies its bookkeeping every time), 5% of an SST-2 step on a
-        CPU, and Lightning would drop the other steps' values anyway."""
-        connector = getattr(self._trainer, "_logger_connector", None)
-        return connector is None or self.global_step == 0 or connector.should_update_logs
+        ``trainer.log_every_n_steps`` optimizer steps, as Lightning decides), or it is the very
+        first step (a number on the progress bar from the start). Per-step values are logged
+        only then: ``self.log`` costs about 1 ms a call (Lightning copies its bookkeeping every
+        time), and Lightning would drop the other steps' values anyway."""
+        trainer = self.attached_trainer()
+        if trainer is None:
+            return True
+        step = trainer.global_step
+        return step == 0 or (step + 1) % max(trainer.log_every_n_steps, 1) == 0
 
     def epoch_train_loss(self) -> MeanMetric:
         """The epoch's mean training loss, over every rank once computed."""
@@ -217,11 +121,6 @@ class SequenceModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_train_loss()
-        # Plateau schedulers after validation, as Lightning steps them: not for an epoch cut
-        # short (max_steps, a stop), nor in the first epoch after a resume (its metrics are
-        # not in the checkpoint).
-        if self._finished_epoch == self.current_epoch and not self.trainer.fit_loop.restarting:
-            self.step_lr_schedulers("epoch", self.current_epoch + 1, plateau=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or torch.optim.Adam
@@ -229,9 +128,10 @@ class SequenceModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        # A plateau scheduler's metric is scheduler_monitor (step_lr_schedulers reads it).
+        # Lightning steps it once an epoch; a plateau scheduler on scheduler_monitor's value.
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch",
+                                 "monitor": self.scheduler_monitor}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["seqmodels"] = {

@@ -181,7 +181,7 @@ class CharLanguageModel(SequenceModule):
             return super().configure_optimizers()
         factory = self.optimizer_factory or torch.optim.Adam
         optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
-        total_steps = self.estimated_optimizer_steps()
+        total_steps = self.trainer.estimated_stepping_batches  # optimizer steps, accumulation too
         if not math.isfinite(total_steps):
             raise ConfigError("model.scheduler_interval=step needs a known number of steps: set "
                               "trainer.max_epochs or trainer.max_steps")
@@ -198,7 +198,7 @@ class CharLanguageModel(SequenceModule):
         super().on_load_checkpoint(checkpoint)
         # Resumed inside an epoch, Lightning skips on_train_epoch_start: the tracks go on from
         # here. A new epoch still starts from zero. Under DDP the checkpoint has only rank 0's.
-        trainer = self._trainer
+        trainer = self.attached_trainer()
         if trainer is None or trainer.world_size == 1:
             self._states["train"] = checkpoint.get("seqmodels", {}).get("carried_state")
 

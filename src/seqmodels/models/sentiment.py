@@ -122,7 +122,8 @@ class SentimentClassifier(SequenceModule):
             if self.pooling == "max":
                 sentence = encoded.outputs.masked_fill(~mask, float("-inf")).amax(dim=1)
             else:
-                sentence = encoded.outputs.sum(dim=1) / lengths.to(real.device).unsqueeze(1)
+                counts = lengths.to(real.device, non_blocking=True).unsqueeze(1)
+                sentence = encoded.outputs.sum(dim=1) / counts
         return self.classifier(self.dropout(sentence))
 
     def _step(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:

@@ -214,7 +214,7 @@ class SequenceTagger(SequenceModule):
         """(B, T) word ids, (B,) lengths and the batch's ``SpelledWords`` (or (B, T, W) char
         ids) -> (B, T, num_tags) logits."""
         steps = torch.arange(tokens.size(1), device=tokens.device)
-        mask = steps < lengths.to(tokens.device).unsqueeze(1)  # (B, T): real tokens
+        mask = steps < lengths.to(tokens.device, non_blocking=True).unsqueeze(1)  # (B, T): real
         vectors = word_vectors(self.embedding, self.char_encoder, tokens, mask, chars,
                                self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
         encoded = self.encoder(self.embedding_dropout(vectors), lengths).outputs  # (B, T, H)
@@ -249,6 +249,8 @@ class SequenceTagger(SequenceModule):
 
     @staticmethod
     def _num_tokens(batch: Batch) -> int:
+        if batch.num_tokens is not None:  # counted by the collate
+            return batch.num_tokens
         return int(batch.lengths.sum())
 
     def on_train_start(self) -> None:
