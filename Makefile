@@ -14,7 +14,7 @@ ifneq ($(wildcard $(ROOT)/../shared/data),)
 export SEQMODELS_DATA_DIR ?= $(abspath $(ROOT)/../shared/data)
 endif
 
-.PHONY: help install train test test-all lint format tensorboard bench clean
+.PHONY: help install train test test-all lint format tensorboard bench device-wheels clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ tensorboard: install ## Watch every run under logs/ in TensorBoard
 
 bench: install ## Run the benchmarks and rewrite docs/benchmarks.md
 	cd $(ROOT) && $(BIN)/python scripts/benchmark.py $(ARGS)
+
+device-wheels: install ## Fill .device_carry/ (Hydra wheels, data) for scripts/device_check.sh on a GPU
+	cd $(ROOT) && PYTHON=$(BIN)/python bash scripts/device_check.sh --fetch-wheels
 
 clean: ## Remove caches (keeps .venv and logs)
 	cd $(ROOT) && rm -rf .pytest_cache .ruff_cache .hypothesis
