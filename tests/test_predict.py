@@ -132,6 +132,7 @@ def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, cla
     # An older checkpoint without it: read from its run's config_resolved.yaml ...
     old = torch.load(classifier_ckpt, weights_only=False)
     del old["seqmodels"]["text_settings"]
+    old["seqmodels"].pop("data", None)  # nor the data config
     torch.save(old, classifier_ckpt.parent / "old.ckpt")
     assert probs(classifier_ckpt.parent / "old.ckpt") == pytest.approx(lowered[0], abs=1e-6)
     assert "guessing" not in caplog.text
@@ -354,6 +355,7 @@ def test_tagger_word_clipping_comes_from_the_checkpoint(tmp_path, tagger_ckpt, c
     # An older checkpoint without the settings, away from its run: defaults, and said so.
     old = torch.load(tagger_ckpt, weights_only=False)
     del old["seqmodels"]["text_settings"]
+    old["seqmodels"].pop("data", None)  # nor the data config
     torch.save(old, tmp_path / "old.ckpt")
     run_predict(tmp_path / "old.ckpt", source)
     assert "records no data.max_word_length; using the default 30" in caplog.text
