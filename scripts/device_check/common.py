@@ -73,6 +73,10 @@ class Context:
         path.mkdir(parents=True)
         return path
 
+    def partial(self, text: str) -> None:
+        """The section's fragment so far: what summary.md shows if the section times out."""
+        (self.work / "results" / f"{self.section}.md").write_text(text.rstrip() + "\n")
+
     def overrides(self, task: str, *extra: str) -> list[str]:
         """``experiment=...`` overrides for this device: one GPU, or the CPU at tiny sizes."""
         device = ["trainer=gpu"] if self.cuda else ["trainer=cpu"]

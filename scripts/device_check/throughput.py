@@ -24,7 +24,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # Batches per timed epoch and timed epochs (after one warm-up epoch).
 GPU_SIZES = {"batches": 50, "reps": 4}
 DRY_SIZES = {"batches": 2, "reps": 1}
-ROW_SECONDS = {"gpu": 12.0, "cpu": 3.0}  # about what one row takes: none starts without it
+ROW_SECONDS = {"gpu": 25.0, "cpu": 10.0}  # no row starts with less of the budget left
 
 
 def precision_skip(ctx: Context, precision: str) -> str | None:
@@ -94,6 +94,7 @@ def section(ctx: Context):
             if ctx.left() < ROW_SECONDS["gpu" if ctx.cuda else "cpu"]:
                 rows.append(first + ["not run: the section's budget was spent"] + [""] * 5)
                 continue
+            ctx.partial(describe(ctx, rows))  # summary.md shows the rows so far on a timeout
             started = time.monotonic()
             try:
                 r = measure(ctx, key, name, precision, extra)
@@ -111,19 +112,23 @@ def section(ctx: Context):
                                  kernels_cell(ctx, r["kernels"])])
             print(f"{label} {precision}: ratio {r['ratio']:.3f} ({r['seconds']:.0f} s)",
                   flush=True)
+    text = describe(ctx, rows)
+    if failed:
+        return FAIL, text, {"rows": figures, "failed": failed}
+    if not figures:
+        return SKIP, "nothing measured\n\n" + text, {}
+    return PASS, text, {"rows": figures}
+
+
+def describe(ctx: Context, rows: list[list]) -> str:
     device = torch.cuda.get_device_name() if ctx.cuda else "CPU (dry run: figures mean nothing)"
-    text = "\n".join([
+    return "\n".join([
         f"Training tokens/s on {device}: the plain loop and `train(cfg)` with default callbacks, "
         "epochs interleaved in one process; ratio = seqmodels / plain (median over pairs of "
         "epochs, the warm-up epoch left out; target >= 0.95). Peak memory holds both models.",
         "",
         table(["run", "precision", "batches x epochs", "plain tokens/s", "seqmodels tokens/s",
                "ratio", "peak MiB", "cuDNN RNN" if ctx.cuda else "RNN ops"], rows)])
-    if failed:
-        return FAIL, text, {"rows": figures, "failed": failed}
-    if not figures:
-        return SKIP, "nothing measured\n\n" + text, {}
-    return PASS, text, {"rows": figures}
 
 
 if __name__ == "__main__":
