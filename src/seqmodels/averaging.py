@@ -39,15 +39,20 @@ def ema_multi_avg_fn(decay: float = 0.998, warmup: bool = True) -> Callable:
     like ``torch.optim.swa_utils.get_ema_multi_avg_fn`` (the same with ``warmup=False``).
 
     The update count is the ``AveragedModel``'s ``n_averaged`` (saved in checkpoints, so a
-    resumed run continues the warm-up where it was). Reading it is one device sync a step on
-    an accelerator; the training step syncs anyway (``StopOnNonFiniteLoss`` reads the loss).
+    resumed run continues the warm-up where it was). It lives on the device, so it is read
+    once, at the first update, and counted on the host from then on: no sync a step.
     """
     _check(decay)
+    count: list[int] = []  # the updates so far, once read
 
     @torch.no_grad()
     def update(averaged: Sequence[Tensor], current: Sequence[Tensor],
                num_averaged: Tensor) -> None:
-        step_decay = warmup_decay(decay, int(num_averaged), warmup)
+        if count:
+            count[0] += 1
+        else:
+            count.append(int(num_averaged))
+        step_decay = warmup_decay(decay, count[0], warmup)
         if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - step_decay)
         else:

@@ -8,7 +8,7 @@
 - Each training epoch's first batch starts from a seed made of (seed, epoch, rank), so a run
   resumed at an epoch boundary draws the same dropout masks as one that never stopped. A run
   resumed inside an epoch gets the random state its checkpoint recorded (one process), and
-  its loader leaves out the batches already done (``batches_done_in_resumed_epoch``).
+  its loader leaves out the batches already done (``EpochPosition``).
 
 The resolvers are registered on import, before Hydra reads ``configs/hydra/train.yaml``.
 """
@@ -141,3 +141,33 @@ class SeedEachEpoch(L.Callback):
             return
         L.seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank),
                           workers=True, verbose=False)
+
+
+class EpochPosition(L.Callback):
+    """How many batches of the running epoch have been trained on, saved in every checkpoint.
+
+    Lightning restores its own counters from a checkpoint written inside an epoch and counts on
+    from there, but a loader without state would start the epoch's order over and feed the
+    batches done again; ours ask ``batches_to_leave_out`` and leave them out."""
+
+    def __init__(self):
+        self.epoch, self.done = -1, 0
+        self._resumed: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "done": self.done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed = (state_dict["epoch"], state_dict["done"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.epoch, self.done = trainer.current_epoch, batch_idx + 1
+
+    def batches_to_leave_out(self, trainer: L.Trainer, batches_per_pass: int) -> int:
+        """For the first training pass after a resume inside an epoch: the batches it had
+        trained on; 0 for any other pass."""
+        resumed, self._resumed = self._resumed, None
+        if resumed is None:
+            return 0
+        epoch, done = resumed
+        return done if epoch == trainer.current_epoch and 0 < done < batches_per_pass else 0

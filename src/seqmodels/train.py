@@ -26,7 +26,11 @@ from seqmodels.errors import ConfigError
 from seqmodels.progress import EpochSummary
 from seqmodels.run_checks import check_model_fits_data, discard_unstarted_run
 from seqmodels.run_info import write_run_info
-from seqmodels.runs import CHECKPOINT_KEYWORDS, SeedEachEpoch  # also registers Hydra resolvers
+from seqmodels.runs import (  # also registers Hydra resolvers
+    CHECKPOINT_KEYWORDS,
+    EpochPosition,
+    SeedEachEpoch,
+)
 from seqmodels.step_costs import SilentProfiler, frozen_garbage
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,7 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(SameVocabularies())
+    callbacks.append(EpochPosition())  # a resume inside an epoch leaves out the batches done
     callbacks.append(EpochSummary(cfg.get("monitor"), cfg.get("monitor_mode", "max")))
     if cfg.get("seed") is not None:
         callbacks.append(SeedEachEpoch(cfg.seed))

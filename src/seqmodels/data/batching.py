@@ -19,6 +19,7 @@ from torch.utils.data import Sampler
 from seqmodels.data.chars import SpelledWords, spell_batch
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import DataError
+from seqmodels.runs import EpochPosition
 
 IGNORE_INDEX = -100
 
@@ -83,12 +84,12 @@ def distributed_rank_and_size() -> tuple[int, int]:
 
 def batches_done_in_resumed_epoch(trainer, batches_per_pass: int) -> int:
     """How many of this epoch's batches a run resumed from a checkpoint written inside the
-    epoch (every ``n`` steps, on SIGTERM, at a mid-epoch validation) had trained on; 0 for any
-    other start. Lightning restores its counters and counts on from there, but a loader without
-    state would start the epoch's order over and feed those batches again: ours leave them out."""
-    loop = trainer.fit_loop.epoch_loop
-    done = loop.batch_progress.current.processed
-    return done if loop.restarting and 0 < done < batches_per_pass else 0
+    epoch (every ``n`` steps, on SIGTERM, at a mid-epoch validation) had trained on, as the
+    run's ``EpochPosition`` callback recorded it; 0 for any other start (or without one)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EpochPosition):
+            return callback.batches_to_leave_out(trainer, batches_per_pass)
+    return 0
 
 
 class LengthBatchSampler(Sampler[list[int]]):
