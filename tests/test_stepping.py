@@ -155,6 +155,24 @@ def test_loss_scaling_with_clipping_trains_the_configured_fused_adam(one_thread)
     assert not torch.allclose(unclipped.classifier.weight, ours.classifier.weight, atol=1e-3)
 
 
+@pytest.mark.cpu_bf16
+def test_bf16_with_clipping_trains_the_configured_fused_adam(one_thread):
+    """Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients even
+    without a loss scaler ("does not allow for gradient clipping"), which would stop every
+    bf16-mixed run of the default configs. The module clips them itself there; the weights are
+    those of the same steps with plain Adam (fused and for-loop Adam differ in rounding only)."""
+    clip = {"gradient_clip_val": 0.05, "precision": "bf16-mixed"}
+    fused = functools.partial(torch.optim.Adam, lr=0.01, fused=True)
+    ours, trainer = fit(SentimentClassifier, clip, None, optimizer=fused)
+    assert trainer.optimizers[0].defaults["fused"]
+    reference, _ = fit(SentimentClassifier, clip, None)
+    for (name, ours_p), ref_p in zip(ours.named_parameters(), reference.parameters(),
+                                     strict=True):
+        torch.testing.assert_close(ours_p, ref_p, rtol=0, atol=1e-5, msg=name)
+    unclipped, _ = fit(SentimentClassifier, {"precision": "bf16-mixed"}, None, optimizer=fused)
+    assert not torch.allclose(unclipped.classifier.weight, ours.classifier.weight, atol=1e-3)
+
+
 @functools.cache
 def weights_without_settings() -> torch.Tensor:
     model, _ = fit(SentimentClassifier, {}, None)

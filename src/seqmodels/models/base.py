@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
-from seqmodels.precision import clippable_optimizer
+from seqmodels.precision import clippable_optimizer, scales_gradients
 
 
 class SequenceModule(L.LightningModule):
@@ -82,6 +82,26 @@ class SequenceModule(L.LightningModule):
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         """Done at the start of ``training_step`` instead, for the same batches."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, but for one refusal: its mixed-precision plugin will not clip
+        a fused optimizer's gradients under any autocast, because with a loss scaler the fused
+        step unscales them itself. Without a scaler (bf16-mixed, 32-true) the gradients are
+        the true ones, so they are clipped here as Lightning would; with one (16-mixed) the
+        optimizer is built unfused (``optimizer_factory``) and Lightning clips after
+        unscaling."""
+        if not gradient_clip_val:
+            return
+        if scales_gradients(self.trainer):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def log_train_loss(self, loss: Tensor, batch_size: int, weight: int) -> bool:
         """Add the step's loss to the epoch's mean (``on_train_epoch_end`` logs it) and, on the
