@@ -114,11 +114,13 @@ def test_two_layer_bilstm_shapes(combine):
     assert [b.title.split(":")[0] for b in blocks] == [
         "encoder layer 1, forward", "encoder layer 1, backward",
         "encoder layer 2, forward", "encoder layer 2, backward"]
-    for block, inputs in zip(blocks, (5, 5, 2 * hidden, 2 * hidden)):
+    # The tensors are those of the encoder's one torch module: weight_ih_l<layer>[_reverse].
+    names = ("l0", "l0_reverse", "l1", "l1_reverse")
+    for block, inputs, name in zip(blocks, (5, 5, 2 * hidden, 2 * hidden), names):
         assert [r.symbol for r in block.rows] == [f"{m}_{g}" for g in "ifgo" for m in "WUb"]
         assert row(block, "W_i").shape == f"{hidden} × {inputs}"
         assert row(block, "U_o").shape == f"{hidden} × {hidden}"
-        assert row(block, "W_f").tensor == f"weight_ih_l0[{hidden}:{2 * hidden}]"
+        assert row(block, "W_f").tensor == f"weight_ih_{name}[{hidden}:{2 * hidden}]"
         assert block.count == 4 * (hidden * (inputs + hidden) + 2 * hidden)
     classifier = next(b for b in describe(model) if b.title.startswith("classifier"))
     merged = 2 * hidden if combine == "concat" else hidden

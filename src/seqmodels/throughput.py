@@ -1,4 +1,4 @@
-"""Training speed and memory of a run, for hardware checks (scripts/gpu_check.sh): real tokens
+"""Training speed and memory of a run, for hardware checks (scripts/device_check.sh): real tokens
 per second over every rank, peak accelerator memory, and which RNN kernels ran.
 
 Add it to any run: ``seqmodels-train ... +callbacks.throughput._target_=seqmodels.throughput.
