@@ -35,7 +35,7 @@ def run_dir(root: Path, experiment: str, arm: str, seed: int) -> Path:
 
 
 def command(experiment: str, arm: str, seed: int, directory: Path) -> list[str]:
-    return [sys.executable, "-m", "seqmodels.train", f"experiment={experiment}",
+    return [sys.executable, "-m", "seqmodels.cli.train", f"experiment={experiment}",
             f"data.bucketing={ARMS[arm]}", f"seed={seed}", "logger=csv",
             "callbacks.rich_progress_bar=null", f"hydra.run.dir={directory}"]
 

@@ -13,9 +13,10 @@ import time
 
 import torch
 
+from seqmodels.cli.eval import load_model
 from seqmodels.data.vocab import Vocab
-from seqmodels.eval import load_model
-from seqmodels.models.charlm import CharLanguageModel, FusedLSTMStepper, RecurrentStepper, pick
+from seqmodels.models.charlm import CharLanguageModel
+from seqmodels.models.sampling import FusedLSTMStepper, RecurrentStepper, pick
 
 
 class Rerun:

@@ -11,7 +11,7 @@ The whole run holds ``/tmp/seqmodels-heavy.lock`` (one heavy job at a time: two 
 two torch threads each on two cores spin-wait into ~50x slowdowns).
 
 Sections:
-  overhead    training tokens/s of ``seqmodels.train.train(cfg)`` (callbacks, rich progress bar
+  overhead    training tokens/s of ``seqmodels.cli.train.train(cfg)`` (callbacks, rich progress bar
               and TensorBoard on) vs a plain PyTorch loop on the same model, optimizer, batches
   batching    length-bucketed vs random batches, and the framework's defaults vs a plain loop's
               naive choices: tokens/s and dev accuracy after the same epochs (SST-2, EWT)
@@ -53,9 +53,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
 
 import plain_loops as pl  # scripts/ is on sys.path: this file lives there
+from seqmodels.cli.train import build_data_and_model, train
 from seqmodels.config import build, config_dir
 from seqmodels.data.base import SequenceDataModule
-from seqmodels.train import build_data_and_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The datasets beside this checkout, as the Makefile uses them, unless the caller chose others.
@@ -294,7 +294,8 @@ def section_overhead(bench: Bench) -> str:
     return "\n".join([
         "## 1. Framework overhead",
         "",
-        "`seqmodels.train.train(cfg)` exactly as `seqmodels-train experiment=...` runs it (default "
+        "`seqmodels.cli.train.train(cfg)` exactly as `seqmodels-train experiment=...` runs it "
+        "(default "
         "callbacks: checkpoints, early stopping, rich progress bar, model summary, LR monitor, "
         "safety callbacks; TensorBoard logger; gradient clipping 5.0) against a plain PyTorch "
         "loop (`scripts/plain_loops.py`: zero_grad, forward, loss, backward, "
@@ -327,7 +328,7 @@ def section_overhead(bench: Bench) -> str:
         "automatic loop (clipping, accumulation and scheduler stepping are Trainer settings) "
         "and reach Lightning only through public interfaces. What remains of the earlier "
         "trims, all public: a profiler that hands back one shared no-op context instead of "
-        "building a generator context per hook call (`seqmodels/step_costs.py`), the "
+        "building a generator context per hook call (`seqmodels/training/step_costs.py`), the "
         "training loss summed on the spot rather than through a `MeanMetric` update per step "
         "and logged only on the steps Lightning logs, the garbage collector leaving the run's "
         "long-lived objects alone (`gc.freeze`, which removes an occasional 0.2 s full "
@@ -807,7 +808,7 @@ def peak_rss_mb(bench: Bench, task: Task) -> tuple[float, int, str]:
     else:
         run = task.rss_run
     run_dir = bench.run_dir(f"rss_{task.name}")
-    command = [sys.executable, "-m", "seqmodels.train", f"experiment={task.experiment}", *run,
+    command = [sys.executable, "-m", "seqmodels.cli.train", f"experiment={task.experiment}", *run,
                "test=false", f"hydra.run.dir={run_dir}"]
     probe = ("import resource, subprocess, sys; "
              "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
@@ -853,7 +854,7 @@ def section_data(bench: Bench) -> str:
         "section.)",
         "",
         "Peak resident memory (`ru_maxrss` of a child process) of default training runs "
-        "(`python -m seqmodels.train experiment=...`, validation and checkpoints included, "
+        "(`python -m seqmodels.cli.train experiment=...`, validation and checkpoints included, "
         "test skipped). Where batch shapes vary (SST-2, EWT) memory keeps creeping up as the "
         "allocator and oneDNN meet new shapes, so those runs cover whole epochs; every "
         "character-model window has the same shape, so its peak comes within the first "

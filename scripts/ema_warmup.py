@@ -1,7 +1,7 @@
 """Early in a run, is the weight average better than the raw weights? One training run of the
 SST-2 recipe (raw weights trained as usual), two averages kept beside it from the same steps:
 decay 0.998 from the first step (torch's EMA, the old default) and decay 0.998 with the
-warm-up (seqmodels.averaging, the default now). Dev accuracy of all three at every quarter
+warm-up (seqmodels.callbacks.averaging, the default now). Dev accuracy of all three at every quarter
 epoch, as a markdown table (docs/own_data.md).
 
     cd /tmp/ema && SEQMODELS_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 \
@@ -25,9 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from torch.optim.swa_utils import AveragedModel
 
-from seqmodels.averaging import ema_multi_avg_fn
+from seqmodels.callbacks.averaging import ema_multi_avg_fn
+from seqmodels.cli.train import build_data_and_model
 from seqmodels.config import build, config_dir
-from seqmodels.train import build_data_and_model
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ without the framework, run on the framework's own model classes and batches.
 
 An ``Arm`` is one way of training (a model, its optimizers, where its batches come from, how
 many threads). ``ShadowArms`` is a Lightning callback that runs plain-loop arms in the same
-process as a ``seqmodels.train.train(cfg)`` run, one epoch of each arm per Lightning epoch,
+process as a ``seqmodels.cli.train.train(cfg)`` run, one epoch of each arm per Lightning epoch,
 before or after Lightning's own epoch in turn: every ratio is then taken in one run, with the
 machine in the same state for both sides.
 """
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from seqmodels.averaging import ema_avg_fn, ema_multi_avg_fn
+from seqmodels.callbacks.averaging import ema_avg_fn, ema_multi_avg_fn
 from seqmodels.config import build
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.models.charlm import detach_state
@@ -329,7 +329,7 @@ def configured_averaging(cfg, model: nn.Module,
     (Lightning's ``WeightAveraging``: an ``AveragedModel`` updated after every step), or None.
 
     :param mode: ``as configured``; the configured EMA decay and warm-up through ``foreach``:
-        ``seqmodels.averaging.ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all
+        ``seqmodels.callbacks.averaging.ema_multi_avg_fn`` (one in-place ``_foreach_lerp_`` over all
         tensors) or ``per parameter``: ``ema_avg_fn`` (a new tensor per parameter per step);
         ``none``: no average.
     """

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from seqmodels.config import config_dir
-from seqmodels.precision import cpu_bf16_rnns
+from seqmodels.training.precision import cpu_bf16_rnns
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

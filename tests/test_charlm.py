@@ -11,18 +11,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
+from seqmodels.cli.eval import load_model
+from seqmodels.cli.generate import generate_text
+from seqmodels.cli.train import build_data_and_model, train
 from seqmodels.data.text import CharTextDataModule
 from seqmodels.data.vocab import UNK_ID, Vocab
 from seqmodels.errors import ConfigError
-from seqmodels.eval import load_model
-from seqmodels.generate import generate_text
-from seqmodels.models.charlm import (
-    CharLanguageModel,
-    FusedLSTMStepper,
-    RecurrentStepper,
-    make_stepper,
-)
-from seqmodels.train import build_data_and_model, train
+from seqmodels.models.charlm import CharLanguageModel
+from seqmodels.models.sampling import FusedLSTMStepper, RecurrentStepper, make_stepper
 from tests.conftest import compose_config, run_cli
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
@@ -248,13 +244,13 @@ def test_experiment_runs_and_generate_cli_continues_its_prompt(tmp_path):
     model = load_model(ckpt, expected_task="language_model")
     expected = model.generate("ROMEO:", 25, temperature=0.8, seed=3)
 
-    result = run_cli("seqmodels.generate", f"ckpt_path={ckpt}", "prompt=ROMEO:", "num_chars=25",
+    result = run_cli("seqmodels.cli.generate", f"ckpt_path={ckpt}", "prompt=ROMEO:", "num_chars=25",
                      "seed=3", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ROMEO:" + expected + "\n"
     assert not (tmp_path / "outputs").exists()  # nothing but text: no run directory
 
-    result = run_cli("seqmodels.generate", f"ckpt_path={ckpt}", "prompt='Zé!'", cwd=tmp_path)
+    result = run_cli("seqmodels.cli.generate", f"ckpt_path={ckpt}", "prompt='Zé!'", cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert "'Z', 'é'" in result.stderr and "Traceback" not in result.stderr
 

@@ -39,7 +39,7 @@ def best_checkpoint(run: Path) -> Path:
 
 def eval_metrics(cwd: Path, env: dict, ckpt: Path, *overrides: str) -> dict:
     out = cwd / f"eval_{len(list(cwd.glob('eval_*')))}"
-    ok(run_cli("seqmodels.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *overrides,
+    ok(run_cli("seqmodels.cli.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *overrides,
                cwd=cwd, env=env))
     return json.loads((out / "metrics.json").read_text())
 
@@ -60,7 +60,7 @@ test_metrics.__test__ = False  # a helper, not a test
 def test_the_reported_test_figure_is_what_eval_of_the_best_checkpoint_prints(user, overrides):
     cwd, env = user
     run = cwd / "run"
-    ok(run_cli("seqmodels.train", *overrides, "debug=limit", "logger=csv",
+    ok(run_cli("seqmodels.cli.train", *overrides, "debug=limit", "logger=csv",
                f"hydra.run.dir={run}", cwd=cwd, env=env))
     reported = test_metrics(json.loads((run / "metrics.json").read_text()))
     assert reported
@@ -71,8 +71,8 @@ def test_after_a_resume_too(user):
     cwd, env = user
     run = cwd / "run"
     common = ("experiment=sst2_bilstm", "debug=limit", "logger=csv", f"hydra.run.dir={run}")
-    ok(run_cli("seqmodels.train", *common, "trainer.max_epochs=1", cwd=cwd, env=env))
-    ok(run_cli("seqmodels.train", *common, "trainer.max_epochs=3", "ckpt_path=last",
+    ok(run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=1", cwd=cwd, env=env))
+    ok(run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=3", "ckpt_path=last",
                cwd=cwd, env=env))
     reported = test_metrics(json.loads((run / "metrics.json").read_text()))
     assert reported
@@ -90,7 +90,7 @@ def test_eval_takes_the_training_data_from_the_checkpoint(user, tmp_path):
     train_file = write_lines(tmp_path / "own" / "train.txt", six_class_lines(240, 5))
     run = cwd / "run"
     # No val or test file: both carved from train (the run's seed), and so again by eval.
-    ok(run_cli("seqmodels.train", "data=text_classification", f"data.train_path={train_file}",
+    ok(run_cli("seqmodels.cli.train", "data=text_classification", f"data.train_path={train_file}",
                "data.test_fraction=0.2", "debug=limit", "logger=csv", "model.embedding_dim=8",
                "model.encoder.hidden_size=8", f"hydra.run.dir={run}", cwd=cwd, env=env))
     reported = test_metrics(json.loads((run / "metrics.json").read_text()))
@@ -101,7 +101,7 @@ def test_eval_takes_the_training_data_from_the_checkpoint(user, tmp_path):
     changed = test_metrics(eval_metrics(cwd, env, best, f"data.test_path={other}"))
     assert changed.keys() == reported.keys() and changed != reported
     # SST-2's labels are not this model's: refused in one line naming both sets.
-    result = run_cli("seqmodels.eval", f"ckpt_path={best}", "data=sst2",
+    result = run_cli("seqmodels.cli.eval", f"ckpt_path={best}", "data=sst2",
                      f"hydra.run.dir={cwd / 'refused'}", cwd=cwd, env=env)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
@@ -112,7 +112,7 @@ def test_eval_takes_the_training_data_from_the_checkpoint(user, tmp_path):
 def test_checkpoint_sizes_best_holds_the_weights_alone(user):
     cwd, env = user
     run = cwd / "run"
-    ok(run_cli("seqmodels.train", "experiment=sst2_bilstm", "debug=limit", "logger=csv",
+    ok(run_cli("seqmodels.cli.train", "experiment=sst2_bilstm", "debug=limit", "logger=csv",
                f"hydra.run.dir={run}", cwd=cwd, env=env))
     best = torch.load(best_checkpoint(run), map_location="cpu", weights_only=True)
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -122,9 +122,9 @@ def test_checkpoint_sizes_best_holds_the_weights_alone(user):
     assert best_checkpoint(run).stat().st_size < last_size / 3
     # The averaged weights are what the best checkpoint holds (last.ckpt's state_dict), not
     # the raw ones (current_model_state), as seqmodels-eval and -predict read them.
-    ok(run_cli("seqmodels.summary", f"ckpt_path={best_checkpoint(run)}", cwd=cwd, env=env))
+    ok(run_cli("seqmodels.cli.summary", f"ckpt_path={best_checkpoint(run)}", cwd=cwd, env=env))
     # Resuming from it is refused in one line that says where the training state is.
-    result = run_cli("seqmodels.train", "experiment=sst2_bilstm", "debug=limit",
+    result = run_cli("seqmodels.cli.train", "experiment=sst2_bilstm", "debug=limit",
                      f"ckpt_path={best_checkpoint(run)}", f"hydra.run.dir={cwd / 'again'}",
                      cwd=cwd, env=env)
     assert result.returncode != 0 and "last.ckpt" in result.stderr.strip().splitlines()[-1]
@@ -137,7 +137,7 @@ def checkpoint_files(run: Path) -> list[Path]:
 def kill_when(cwd: Path, env: dict, overrides: list[str], ready, deadline: float = 240) -> None:
     """Start a training run and SIGKILL it as soon as ``ready(start time)`` holds."""
     started = time.time()
-    process = subprocess.Popen([sys.executable, "-m", "seqmodels.train", *overrides], cwd=cwd,
+    process = subprocess.Popen([sys.executable, "-m", "seqmodels.cli.train", *overrides], cwd=cwd,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -189,7 +189,7 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resumes(user):
         for path in checkpoint_files(run):
             torch.load(path, map_location="cpu", weights_only=True)  # whole, or it raises
     assert inside_a_write >= 1  # a kill did land inside a checkpoint write
-    ok(run_cli("seqmodels.train", *common, "trainer.max_epochs=42", "ckpt_path=last",
+    ok(run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=42", "ckpt_path=last",
                cwd=cwd, env=env))
     assert (run / "metrics.json").is_file()
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 41

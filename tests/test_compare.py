@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from seqmodels.compare import (
+from seqmodels.cli.compare import (
     compare,
     find_runs,
     load_runs,
@@ -151,7 +151,7 @@ def tiny_sentiment_data(tmp_path: Path) -> list[str]:
 
 
 def test_a_real_grid_sweep_lands_in_multiruns_and_reads_back(tmp_path):
-    result = run_cli("seqmodels.train", "-m", *tiny_sentiment_data(tmp_path),
+    result = run_cli("seqmodels.cli.train", "-m", *tiny_sentiment_data(tmp_path),
                      "trainer.max_epochs=2", "model/encoder=rnn,gru", cwd=tmp_path,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -191,7 +191,7 @@ def test_every_search_space_names_existing_keys(tmp_path, experiment, search):
 
 
 def test_an_optuna_search_runs_its_trials_and_reports_the_best(tmp_path):
-    result = run_cli("seqmodels.train", *tiny_sentiment_data(tmp_path),
+    result = run_cli("seqmodels.cli.train", *tiny_sentiment_data(tmp_path),
                      "hparams_search=sst2_optuna", "hydra.sweeper.n_trials=2",
                      "trainer.max_epochs=3", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,9 +8,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from seqmodels.cli.train import build_data_and_model
 from seqmodels.config import config_dir
 from seqmodels.errors import ConfigError
-from seqmodels.train import build_data_and_model
 from tests.conftest import compose_config, write_lines
 
 CONFIGS = Path(config_dir())
@@ -93,7 +93,7 @@ def test_default_sst2_experiment_instantiates_on_real_data(tmp_path):
     cfg = compose_config(tmp_path, ["experiment=sst2_bilstm", f"paths.data_dir={data_dir}"])
     datamodule, model = build_data_and_model(cfg)
     assert datamodule.num_classes == 2 and len(datamodule.splits["train"]) == 6920
-    assert model.encoder.is_bidirectional()
+    assert model.encoder.num_directions == 2
 
 
 def test_unknown_key_and_option_are_hydra_errors(tmp_path):

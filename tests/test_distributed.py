@@ -14,10 +14,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from seqmodels.callbacks.vocabularies import SameVocabularies, vocabulary_fingerprint
+from seqmodels.cli.train import train
 from seqmodels.data.batching import Batch, LengthBatchSampler
 from seqmodels.data.vocab import Vocab
-from seqmodels.distributed import (
-    SameVocabularies,
+from seqmodels.errors import ConfigError, DataError
+from seqmodels.training.distributed import (
     check_accelerator,
     config_flags,
     prepare_determinism,
@@ -25,10 +27,7 @@ from seqmodels.distributed import (
     requested_devices,
     thread_setting,
     threads_per_process,
-    vocabulary_fingerprint,
 )
-from seqmodels.errors import ConfigError, DataError
-from seqmodels.train import train
 from tests.conftest import ROOT, compose_config, run_cli, write_lines
 from tests.test_sentiment import negation_sentence
 from tests.test_tagging import LEXICON, write_conllu
@@ -87,7 +86,7 @@ def test_each_cpu_process_gets_its_share_of_the_cores(monkeypatch):
     assert threads_per_process(2, cpus=2) == 1
     assert threads_per_process(3, cpus=16) == 5
     assert threads_per_process(4, cpus=2) == 1
-    monkeypatch.setattr("seqmodels.distributed.available_cpus", lambda: 8)
+    monkeypatch.setattr("seqmodels.training.distributed.available_cpus", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert thread_setting(on_cpu=True, processes=2) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "8")  # would oversubscribe: capped on the CPU ...
@@ -114,7 +113,8 @@ def test_gpu_trainer_without_a_gpu_is_refused_before_lightning_starts(tmp_path, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_trainer_without_a_gpu_is_one_line_from_the_cli(tmp_path):
-    result = run_cli("seqmodels.train", "trainer=gpu", f"paths.log_dir={tmp_path}", cwd=tmp_path,
+    result = run_cli("seqmodels.cli.train", "trainer=gpu", f"paths.log_dir={tmp_path}",
+                     cwd=tmp_path,
                      timeout=120)
     assert result.returncode == 1
     assert "error: trainer.accelerator=gpu needs a CUDA GPU" in result.stderr
@@ -327,7 +327,7 @@ def test_two_processes_report_what_one_process_reports(tmp_path, task):
     if "accumulating" in task:
         common.append("trainer.accumulate_grad_batches=2")
     sizes = {"data.batch_size": 8, "data.eval_batch_size": 4}
-    ddp = run_cli("seqmodels.train", *common, "trainer=ddp_cpu", *COUNT_SYNCS,
+    ddp = run_cli("seqmodels.cli.train", *common, "trainer=ddp_cpu", *COUNT_SYNCS,
                   *(f"{key}={sizes[key] // 2}" for key in per_process),
                   f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path,
                   env={**ONE_THREAD, "PYTHONPATH": str(ROOT)})  # the counting callback
@@ -369,7 +369,7 @@ def test_processes_started_by_torchrun_share_one_run_directory(tmp_path):
 
     data, _ = sentiment_data(tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", "-m", "seqmodels.train", *data, "trainer=ddp_cpu",
+               "--nproc-per-node=2", "-m", "seqmodels.cli.train", *data, "trainer=ddp_cpu",
                "data.batch_size=8", "trainer.max_epochs=1", "test=false", *QUIET,
                f"paths.log_dir={tmp_path / 'logs'}"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -393,7 +393,7 @@ def test_tagger_validation_with_unseen_words_on_one_rank_only(tmp_path):
              for name, sentences in (("train", train_sentences), ("dev", dev))}
     data, _ = tagging_data(tmp_path)
     data = [o for o in data if not o.startswith(("data.train_path", "data.val_path"))]
-    result = run_cli("seqmodels.train", *data, f"data.train_path={files['train']}",
+    result = run_cli("seqmodels.cli.train", *data, f"data.train_path={files['train']}",
                      f"data.val_path={files['dev']}", "trainer=ddp_cpu", "data.batch_size=4",
                      "trainer.max_epochs=1", "test=false", *QUIET,
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=ONE_THREAD)
@@ -403,7 +403,7 @@ def test_tagger_validation_with_unseen_words_on_one_rank_only(tmp_path):
 
 def test_a_sweep_of_two_ddp_jobs_makes_exactly_two_job_directories(tmp_path):
     data, _ = sentiment_data(tmp_path)
-    result = run_cli("seqmodels.train", "-m", *data, "seed=1,2", "trainer=ddp_cpu",
+    result = run_cli("seqmodels.cli.train", "-m", *data, "seed=1,2", "trainer=ddp_cpu",
                      "data.batch_size=8", "trainer.max_epochs=1", "test=false", *QUIET,
                      f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -428,7 +428,8 @@ PRIVATE_LIGHTNING = re.compile(
 
 def test_the_one_private_lightning_name_is_still_there():
     """src/ reaches Lightning through public interfaces, but for one launcher class
-    (seqmodels/distributed.py says why): it must still be what strategy=ddp starts ranks with,
+    (seqmodels/training/distributed.py says why): it must still be what strategy=ddp starts
+    ranks with,
     and not what ddp_spawn does."""
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
@@ -441,5 +442,5 @@ def test_the_one_private_lightning_name_is_still_there():
     found = [f"{path.relative_to(ROOT)}: {line.strip()}"
              for path in sorted((ROOT / "src").rglob("*.py"))
              for line in path.read_text().splitlines() if PRIVATE_LIGHTNING.search(line)]
-    assert found == ["src/seqmodels/distributed.py: from lightning.pytorch.strategies."
+    assert found == ["src/seqmodels/training/distributed.py: from lightning.pytorch.strategies."
                      "launchers import _SubprocessScriptLauncher"]

@@ -50,7 +50,7 @@ def _copy_into_torch_rnn(encoder: RNNEncoder) -> nn.RNNBase:
     filled through ``layer_weights`` (which the padded path reads)."""
     reference = CELLS[encoder.cell](
         encoder.input_size, encoder.hidden_size, num_layers=encoder.num_layers,
-        bidirectional=encoder.is_bidirectional(), batch_first=True,
+        bidirectional=encoder.num_directions == 2, batch_first=True,
     ).to(encoder.rnn.weight_ih_l0.device)
     with torch.no_grad():
         for layer in range(encoder.num_layers):
@@ -176,9 +176,9 @@ def test_reverse_within_length_keeps_padding_in_place():
 
 def test_output_dim_accounts_for_the_direction_merge():
     assert RNNEncoder(3, 8, bidirectional=True, combine="concat").get_output_dim() == 16
-    assert RNNEncoder(3, 8, bidirectional=True, combine="sum").output_dim == 8
-    assert RNNEncoder(3, 8, bidirectional=True, combine="mul").output_dim == 8
-    assert RNNEncoder(3, 8).output_dim == 8
+    assert RNNEncoder(3, 8, bidirectional=True, combine="sum").get_output_dim() == 8
+    assert RNNEncoder(3, 8, bidirectional=True, combine="mul").get_output_dim() == 8
+    assert RNNEncoder(3, 8).get_output_dim() == 8
 
 
 @pytest.mark.parametrize("options,field", [

@@ -16,12 +16,12 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from seqmodels.cli.train import train
 from seqmodels.data.batching import Batch, collate_classification
 from seqmodels.data.tagging import collate_tagging
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.models.tagger import SequenceTagger
-from seqmodels.train import train
 from tests.conftest import compose_config, write_lines
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -10,7 +10,7 @@ import traceback
 import lightning as L
 import pytest
 
-from seqmodels.train import train
+from seqmodels.cli.train import train
 from tests.conftest import compose_config
 from tests.test_char_features import HostReads
 from tests.tiny_datasets import write_named_datasets

@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-import seqmodels.precision
-from seqmodels.distributed import check_accelerator
+import seqmodels.training.precision
+from seqmodels.cli.train import train
 from seqmodels.errors import ConfigError
 from seqmodels.models.encoder import RNNEncoder
-from seqmodels.precision import Probe, clippable_optimizer, cpu_bf16_rnns
-from seqmodels.train import train
+from seqmodels.training.distributed import check_accelerator
+from seqmodels.training.precision import Probe, clippable_optimizer, cpu_bf16_rnns
 from tests.conftest import ROOT, compose_config, run_cli
 
 # oneDNN's own switch: its kernels as on a CPU with AVX2 and nothing newer.
@@ -44,7 +44,7 @@ def real_bf16_run() -> tuple[bool, str]:
 
 SCRIPT = """
 import json
-from seqmodels.precision import cpu_bf16_rnns
+from seqmodels.training.precision import cpu_bf16_rnns
 from tests.test_precision import real_bf16_run
 probe = cpu_bf16_rnns()
 works, error = real_bf16_run()
@@ -87,7 +87,7 @@ def test_the_probe_leaves_the_random_numbers_of_a_seeded_run_alone():
 def no_bf16_kernels(monkeypatch):
     reason = ("torch.nn.LSTM under bfloat16 autocast fails on this CPU (could not create a "
               "primitive descriptor for the LSTM forward propagation primitive)")
-    monkeypatch.setattr(seqmodels.precision, "cpu_bf16_rnns", lambda: Probe(False, reason))
+    monkeypatch.setattr(seqmodels.training.precision, "cpu_bf16_rnns", lambda: Probe(False, reason))
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16"])
@@ -110,7 +110,7 @@ def test_what_runs_without_bf16_kernels_is_let_through(setting, no_bf16_kernels)
 def test_a_run_asking_for_bf16_on_such_a_cpu_stops_before_anything_is_built(
         tmp_path, no_bf16_kernels, monkeypatch):
     built = []
-    monkeypatch.setattr("seqmodels.train.instantiate_group",
+    monkeypatch.setattr("seqmodels.cli.train.instantiate_group",
                         lambda *args, **kwargs: built.append(args) or [])
     cfg = compose_config(tmp_path, ["trainer.precision=bf16-mixed"])
     with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed: .*32-true$"):
@@ -120,7 +120,7 @@ def test_a_run_asking_for_bf16_on_such_a_cpu_stops_before_anything_is_built(
 
 @pytest.mark.skipif(not X86, reason="ONEDNN_MAX_CPU_ISA=AVX2 stands for an x86 CPU only")
 def test_the_cli_refuses_bf16_on_an_avx2_only_cpu_with_one_line(tmp_path):
-    done = run_cli("seqmodels.train", "trainer.precision=bf16-mixed",
+    done = run_cli("seqmodels.cli.train", "trainer.precision=bf16-mixed",
                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=AVX2_ONLY)
     assert done.returncode == 1, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]

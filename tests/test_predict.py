@@ -16,14 +16,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from seqmodels.cli.eval import load_model
+from seqmodels.cli.predict import predict
+from seqmodels.cli.train import train
 from seqmodels.data.batching import Batch
 from seqmodels.data.chars import clip_word
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError, DataError
-from seqmodels.eval import load_model
 from seqmodels.models.charlm import CharLanguageModel
-from seqmodels.predict import predict
-from seqmodels.train import train
 from tests.conftest import compose_config, write_lines
 
 # Checkpoints in the run directory, and nothing else the tests do not need.
@@ -179,7 +179,7 @@ def test_classifier_with_character_features(tmp_path):
 def test_stdin_to_stdout_through_the_command_line(tmp_path, classifier_ckpt):
     model = load_model(classifier_ckpt).eval()
     result = subprocess.run(
-        [sys.executable, "-m", "seqmodels.predict", f"ckpt_path={classifier_ckpt}", "input=-",
+        [sys.executable, "-m", "seqmodels.cli.predict", f"ckpt_path={classifier_ckpt}", "input=-",
          "format=jsonl", "device=cpu"],
         input="Not good at all\n\ngood\n", capture_output=True, text=True, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
@@ -238,7 +238,7 @@ def test_input_is_read_in_the_training_encoding_unless_told_otherwise(tmp_path):
     assert_close([[row["probs"][label] for label in labels] for row in rows], expected)
 
     result = subprocess.run(
-        [sys.executable, "-m", "seqmodels.predict", f"ckpt_path={ckpt}", "input=-",
+        [sys.executable, "-m", "seqmodels.cli.predict", f"ckpt_path={ckpt}", "input=-",
          "format=jsonl", "device=cpu"],
         input=source.read_bytes(), capture_output=True, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqmodels.cli.train import train
 from seqmodels.errors import ConfigError, TrainingError
-from seqmodels.train import train
 from tests.conftest import ROOT, compose_config, write_lines
 
 
@@ -55,7 +55,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_writes_a_checkpoint_and_the_run_resumes_from_it(tmp_path, signum):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "seqmodels.train", *tiny_files(tmp_path, n=400),
+    args = [sys.executable, "-m", "seqmodels.cli.train", *tiny_files(tmp_path, n=400),
             "trainer.max_epochs=10000", "callbacks.early_stopping=null", "test=false",
             f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -81,7 +81,7 @@ def test_a_real_signal_writes_a_checkpoint_and_the_run_resumes_from_it(tmp_path,
 
     resumed_dir = tmp_path / "resumed"
     resumed = subprocess.run(
-        [sys.executable, "-m", "seqmodels.train", *tiny_files(tmp_path, n=400),
+        [sys.executable, "-m", "seqmodels.cli.train", *tiny_files(tmp_path, n=400),
          f"trainer.max_epochs={state['epoch'] + 2}", "callbacks.early_stopping=null",
          "test=false", f"ckpt_path={last}", f"hydra.run.dir={resumed_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -115,7 +115,7 @@ def test_a_dataset_smaller_than_one_batch_still_trains(tmp_path):
 
 
 def test_eval_refuses_a_checkpoint_of_another_task(tmp_path):
-    from seqmodels.eval import evaluate
+    from seqmodels.cli.eval import evaluate
 
     cfg = compose_config(tmp_path, [*tiny_files(tmp_path), "trainer.max_epochs=1"])
     _, objects = train(cfg)

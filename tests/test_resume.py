@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqmodels.runs import checkpoint_run_dir, epoch_seed, hydra_subdir, launcher_run_id, run_dir
-from seqmodels.train import train
+from seqmodels.callbacks.resume import epoch_seed
+from seqmodels.cli.train import train
+from seqmodels.training.runs import checkpoint_run_dir, hydra_subdir, launcher_run_id, run_dir
 from tests.conftest import compose_config, run_cli
 from tests.test_charlm import TEXT as CHARLM_TEXT
 from tests.test_distributed import ONE_THREAD, QUIET, sentiment_data
@@ -76,14 +77,14 @@ def test_stopped_after_one_epoch_and_resumed_ends_with_the_uninterrupted_weights
     data = [o for o in data if not o.startswith(("model.embedding_dropout", "model.dropout"))]
     common = [*data, "data.batch_size=16", "data.bucketing=true", "test=false", *QUIET,
               f"paths.log_dir={tmp_path / 'logs'}"]
-    first = run_cli("seqmodels.train", *common, "trainer.max_epochs=1", cwd=tmp_path,
+    first = run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=1", cwd=tmp_path,
                     env=ONE_THREAD)
     assert first.returncode == 0, first.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 8
 
-    resumed = run_cli("seqmodels.train", *common, "trainer.max_epochs=3", f"ckpt_path={last}",
+    resumed = run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=3", f"ckpt_path={last}",
                       cwd=tmp_path, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in (tmp_path / "logs" / "train" / "runs").iterdir()] == [run.name]
@@ -105,12 +106,12 @@ def test_a_one_process_run_resumes_on_two_processes_in_its_directory(tmp_path):
     data, _ = sentiment_data(tmp_path)
     common = [*data, "data.batch_size=8", "test=false", *QUIET]
     run = tmp_path / "run"
-    first = run_cli("seqmodels.train", *common, "trainer.max_epochs=1", f"hydra.run.dir={run}",
+    first = run_cli("seqmodels.cli.train", *common, "trainer.max_epochs=1", f"hydra.run.dir={run}",
                     cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     steps_first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     # `last` names this run's last.ckpt once hydra.run.dir names the run.
-    resumed = run_cli("seqmodels.train", *common, "trainer=ddp_cpu", "trainer.max_epochs=2",
+    resumed = run_cli("seqmodels.cli.train", *common, "trainer=ddp_cpu", "trainer.max_epochs=2",
                       "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from seqmodels.cli.eval import evaluate, load_model
+from seqmodels.cli.train import train
 from seqmodels.data.batching import collate_classification
 from seqmodels.errors import ConfigError
-from seqmodels.eval import evaluate, load_model
 from seqmodels.models.sentiment import SentimentClassifier
-from seqmodels.train import train
 from tests.conftest import compose_config, write_lines
 
 POSITIVE, NEGATIVE = ["good", "great", "fun", "fine"], ["bad", "dull", "awful", "weak"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from seqmodels.step_costs import SilentProfiler, frozen_garbage
-from seqmodels.train import train
+from seqmodels.cli.train import train
+from seqmodels.training.step_costs import SilentProfiler, frozen_garbage
 from tests.conftest import compose_config
 from tests.test_sentiment import tiny_sentiment_files  # noqa: F401 (a fixture)
 

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from seqmodels.cli.summary import describe, summarize
 from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import ConfigError
 from seqmodels.models.charlm import CharLanguageModel
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.models.tagger import SequenceTagger
-from seqmodels.summary import describe, summarize
 from tests.conftest import compose_config, run_cli, write_lines
 
 
@@ -155,7 +155,7 @@ def sentiment_ckpt(tmp_path) -> Path:
 
 def test_checkpoint_summary_on_the_command_line(tmp_path, sentiment_ckpt):
     expected = sum(p.numel() for p in sentiment("gru", hidden=4, layers=1).parameters())
-    result = run_cli("seqmodels.summary", f"ckpt_path={sentiment_ckpt}", "format=markdown",
+    result = run_cli("seqmodels.cli.summary", f"ckpt_path={sentiment_ckpt}", "format=markdown",
                      cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"## SentimentClassifier from {sentiment_ckpt}: "

@@ -11,14 +11,16 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from seqmodels.cli.eval import evaluate
+from seqmodels.cli.train import train
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.chars import clip_word
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError, DataError
-from seqmodels.eval import evaluate
-from seqmodels.models.tagger import SequenceTagger, read_word_vectors, tag_report
-from seqmodels.train import train
+from seqmodels.models.tag_metrics import tag_report
+from seqmodels.models.tagger import SequenceTagger
+from seqmodels.models.word_vectors import read_word_vectors
 from tests.conftest import compose_config, write_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")

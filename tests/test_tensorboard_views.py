@@ -15,11 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from seqmodels.data.batching import IGNORE_INDEX, collate_classification
-from seqmodels.eval import load_model
-from seqmodels.models.sentiment import SentimentClassifier
-from seqmodels.models.tagger import tag_report
-from seqmodels.tensorboard_views import (
+from seqmodels.callbacks.tensorboard_views import (
     ConfusionMatrixView,
     HiddenGradNorms,
     HParamsTab,
@@ -27,7 +23,11 @@ from seqmodels.tensorboard_views import (
     flatten,
     step_norms,
 )
-from seqmodels.train import train
+from seqmodels.cli.eval import load_model
+from seqmodels.cli.train import train
+from seqmodels.data.batching import IGNORE_INDEX, collate_classification
+from seqmodels.models.sentiment import SentimentClassifier
+from seqmodels.models.tag_metrics import tag_report
 from tests.conftest import compose_config, write_lines
 from tests.test_sentiment import negation_sentence
 from tests.test_tagging import tiny_overrides, toy_files  # noqa: F401 (a fixture)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from seqmodels.run_checks import discard_unstarted_run
+from seqmodels.training.run_checks import discard_unstarted_run
 from tests.conftest import run_cli
 from tests.tiny_datasets import write_named_datasets
 
@@ -29,7 +29,7 @@ def runs(cwd):
 
 def test_a_piped_run_prints_its_directory_and_one_line_per_validation(user):
     cwd, env = user
-    result = run_cli("seqmodels.train", "debug=limit", "trainer.max_epochs=3", cwd=cwd, env=env)
+    result = run_cli("seqmodels.cli.train", "debug=limit", "trainer.max_epochs=3", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(cwd)
     console = result.stdout + result.stderr
@@ -48,7 +48,7 @@ def test_a_piped_run_prints_its_directory_and_one_line_per_validation(user):
 
 def test_tagging_data_with_the_default_model_names_the_model_to_add(user):
     cwd, env = user
-    result = run_cli("seqmodels.train", "data=ud_ewt", cwd=cwd, env=env)
+    result = run_cli("seqmodels.cli.train", "data=ud_ewt", cwd=cwd, env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: data=ud_ewt is tagging data, but model=sentiment is a classification model: "
@@ -66,7 +66,7 @@ def test_tagging_data_with_the_default_model_names_the_model_to_add(user):
 def test_a_run_that_fails_before_training_leaves_no_directory(user, overrides, message):
     cwd, env = user
     (cwd / "train.conllu").write_text("1\tthe\tthe\tDET\tDT\t_\t0\tdep\t_\t_\n\n")
-    result = run_cli("seqmodels.train", *overrides, cwd=cwd, env=env)
+    result = run_cli("seqmodels.cli.train", *overrides, cwd=cwd, env=env)
     assert result.returncode == 1, result.stderr[-2000:]
     assert message in result.stderr
     assert runs(cwd) == []

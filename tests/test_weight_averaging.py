@@ -1,4 +1,5 @@
-"""The weight average's decay warms up (seqmodels.averaging): hand-computed averages over a
+"""The weight average's decay warms up (seqmodels.callbacks.averaging): hand-computed averages
+over a
 few updates, the random start's share of the average after a short run, the average after a
 real Lightning step, and the recipe a user's own classification data gets by default."""
 
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from seqmodels.averaging import ema_avg_fn, ema_multi_avg_fn, warmup_decay
+from seqmodels.callbacks.averaging import ema_avg_fn, ema_multi_avg_fn, warmup_decay
 from seqmodels.config import build
 from tests.conftest import compose_config, write_lines
 
@@ -141,7 +142,8 @@ RECIPE = {  # experiment=sst2_bilstm's choices (docs/results.md), also without e
     "model.word_dropout": 0.25,
     "model.adversarial_epsilon": 5.0,
     "callbacks.weight_averaging._target_": "lightning.pytorch.callbacks.WeightAveraging",
-    "callbacks.weight_averaging.multi_avg_fn._target_": "seqmodels.averaging.ema_multi_avg_fn",
+    "callbacks.weight_averaging.multi_avg_fn._target_":
+        "seqmodels.callbacks.averaging.ema_multi_avg_fn",
     "callbacks.weight_averaging.multi_avg_fn.decay": 0.998,
     "callbacks.weight_averaging.multi_avg_fn.warmup": True,
 }

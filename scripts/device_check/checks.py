@@ -28,7 +28,7 @@ from device_arms import DeviceArmSpec
 from omegaconf import open_dict
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from seqmodels.train import build_data_and_model, train
+from seqmodels.cli.train import build_data_and_model, train
 
 DATA_DEPENDENT = {"aten::_local_scalar_dense", "aten::nonzero", "aten::_unique",
                   "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",

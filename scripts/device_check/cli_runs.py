@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from common import FAIL, PASS, ROOT, SKIP, TASK_NAMES, Context, benchmark, main, table
 
-TRAIN = [sys.executable, "-m", "seqmodels.train"]
+TRAIN = [sys.executable, "-m", "seqmodels.cli.train"]
 
 
 def env(ctx: Context):
@@ -83,7 +83,7 @@ def cuda_tests(ctx: Context):
 
 
 def run_train(ctx: Context, label: str, args: list[str], budget: float):
-    """``seqmodels-train`` as a user types it (``python -m seqmodels.train``), in its own run
+    """``seqmodels-train`` as a user types it (``python -m seqmodels.cli.train``), in its own run
     directory unless ``args`` name one; returns (return code, run directory, seconds)."""
     run_dir = ctx.run_dir(label)
     if not any(a.startswith("ckpt_path=") for a in args):
@@ -118,7 +118,7 @@ def ddp(ctx: Context):
         args = [f"experiment={experiment}", *trainer, *ctx.overrides(name)[1:],
                 "trainer.max_epochs=1", f"++trainer.limit_train_batches={batches}",
                 "++trainer.limit_val_batches=3", "++trainer.limit_test_batches=3", "logger=csv",
-                "++callbacks.throughput._target_=seqmodels.throughput.Throughput",
+                "++callbacks.throughput._target_=seqmodels.callbacks.throughput.Throughput",
                 "++callbacks.throughput.output_dir=${paths.output_dir}",
                 f"++callbacks.throughput.warmup_steps={batches // 3}"]
         code, run_dir, seconds = run_train(ctx, f"ddp_{name}", args, ctx.left() - 5)

@@ -98,7 +98,8 @@ class DeviceArmSpec(pl.ArmSpec):
         factory = model.optimizer_factory or torch.optim.Adam
         if (precision == "16-mixed" and device.type == "cuda" and clip
                 and isinstance(factory, functools.partial) and factory.keywords.get("fused")):
-            factory = functools.partial(factory, fused=False)  # as seqmodels.precision does
+            # as seqmodels.training.precision does
+            factory = functools.partial(factory, fused=False)
         optimizers = [factory(params=[p for p in model.parameters() if p.requires_grad])]
         return DeviceArm(self.name, model, optimizers, pl.epoch_loader(datamodule), clip=clip,
                          averaged=pl.configured_averaging(cfg, model), device=device,

@@ -3,7 +3,7 @@ callbacks, as ``seqmodels-train experiment=...`` runs) against the plain loop on
 in the same process, epochs interleaved (``plain_loops.ShadowArms``, as ``scripts/benchmark.py``
 measures the CPU). The ratio matters most where a step is shortest: SST-2 without adversarial
 training. Also which RNN kernels ran (``aten::_cudnn_rnn`` is cuDNN's fused kernel) and the peak
-GPU memory, from ``seqmodels.throughput.Throughput``.
+GPU memory, from ``seqmodels.callbacks.throughput.Throughput``.
 
 Runs go precision by precision (all of fp32 first), so that a budget cut short leaves the
 most important rows; a row that does not fit in the budget is recorded as not run.
@@ -17,8 +17,8 @@ from common import FAIL, PASS, SKIP, Context, benchmark, main, pl, table
 from device_arms import DeviceArmSpec
 from omegaconf import open_dict
 
-from seqmodels.precision import cpu_bf16_rnns
-from seqmodels.train import train
+from seqmodels.cli.train import train
+from seqmodels.training.precision import cpu_bf16_rnns
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # Batches per timed epoch and timed epochs (after one warm-up epoch).
@@ -59,7 +59,8 @@ def measure(ctx: Context, key: str, task_name: str, precision: str, extra: list[
         # Kernels and peak memory only (its timing spans both arms); the profiled step is in
         # the warm-up epoch, which no ratio uses.
         cfg.callbacks.device_check_throughput = {
-            "_target_": "seqmodels.throughput.Throughput", "output_dir": cfg.paths.output_dir,
+            "_target_": "seqmodels.callbacks.throughput.Throughput",
+            "output_dir": cfg.paths.output_dir,
             "warmup_steps": sizes["batches"], "profile_step": 1}
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -1,3 +1,3 @@
-from seqmodels.train import main
+from seqmodels.cli.train import main
 
 main()

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from seqmodels.callbacks.resume import EpochPosition
 from seqmodels.data.chars import SpelledWords, spell_batch
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import DataError
-from seqmodels.runs import EpochPosition
 
 IGNORE_INDEX = -100
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
-from seqmodels.precision import clippable_optimizer, scales_gradients
+from seqmodels.training.precision import clippable_optimizer, scales_gradients
 
 
 class SequenceModule(L.LightningModule):
@@ -45,14 +45,15 @@ class SequenceModule(L.LightningModule):
         self.data_config: dict = {}
         self.train_loss = MeanMetric()  # the epoch's mean training loss
         # The training loss summed on the spot: a MeanMetric update per step costs about
-        # 0.15 ms (its checks and broadcasting); the metric gets the sum once an epoch.
+        # its checks and broadcasting each step; the metric gets the sum once an epoch.
         self._loss_sum, self._loss_weight = torch.zeros(()), 0
 
     @property
     def optimizer_factory(self) -> Callable | None:
         """The ``optimizer`` partial as this run can use it: unfused where 16-bit mixed
         precision scales the loss and the gradients are clipped (Lightning cannot clip a fused
-        optimizer's gradients: it unscales them inside its step; ``seqmodels.precision``)."""
+        optimizer's gradients: it unscales them inside its step;
+        ``seqmodels.training.precision``)."""
         trainer = self.attached_trainer()
         clips = bool(trainer and trainer.gradient_clip_val)
         return clippable_optimizer(self._optimizer_factory, clips, trainer)
@@ -119,7 +120,7 @@ class SequenceModule(L.LightningModule):
         """Whether this training step's numbers reach the loggers (every
         ``trainer.log_every_n_steps`` optimizer steps, as Lightning decides), or it is the very
         first step (a number on the progress bar from the start). Per-step values are logged
-        only then: ``self.log`` costs about 1 ms a call (Lightning copies its bookkeeping every
+        only then: each ``self.log`` call is costly (Lightning copies its bookkeeping every
         time), and Lightning would drop the other steps' values anyway."""
         trainer = self.attached_trainer()
         if trainer is None:

@@ -126,20 +126,10 @@ class RNNEncoder(nn.Module):
                             hidden_size, batch_first=True, **extra)
                 for layer in range(min(num_layers, 2)))
 
-    def get_input_dim(self) -> int:
-        return self.input_size
-
     def get_output_dim(self) -> int:
         if self.num_directions == 2 and self.combine == "concat":
             return 2 * self.hidden_size
         return self.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.get_output_dim()
-
-    def is_bidirectional(self) -> bool:
-        return self.num_directions == 2
 
     def layer_weights(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """One layer-direction's parameters, named as in a one-layer torch RNN

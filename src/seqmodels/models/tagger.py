@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -24,104 +24,18 @@ from torchmetrics.classification import (
 
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.chars import SpelledWords
-from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
+from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.char_features import CharWordEncoder, word_vectors
 from seqmodels.models.encoder import RNNEncoder
-from seqmodels.models.span_metrics import SpanF1, check_scheme, precision_recall_f1
+from seqmodels.models.span_metrics import SpanF1, check_scheme
+from seqmodels.models.tag_metrics import SubsetAccuracy, tag_report
+from seqmodels.models.word_vectors import read_word_vectors
 
 log = logging.getLogger(__name__)
 
 
-# -- pretrained word vectors -------------------------------------------------------------------
-def read_word_vectors(path: str | Path, vocab: Vocab, dim: int) -> tuple[Tensor, Tensor]:
-    """Vectors for the words of ``vocab`` from a GloVe or word2vec text file.
-
-    A word is looked up as it is, then lower-cased (GloVe files are lower-case).
-    :return: (V, dim) vectors and a (V,) bool mask of the words found.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model.embeddings.path={str(path)!r}: no such file")
-    exact: dict[str, int] = {}
-    lowered: dict[str, list[int]] = {}  # lower-cased form -> ids that may fall back to it
-    for index, word in enumerate(vocab.itos):
-        if index not in (PAD_ID, UNK_ID):
-            exact[word] = index
-            lowered.setdefault(word.lower(), []).append(index)
-    vectors = torch.zeros(len(vocab), dim)
-    found = torch.zeros(len(vocab), dtype=torch.bool)
-    found_exact = torch.zeros(len(vocab), dtype=torch.bool)
-    first_vector = True
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.rstrip().split(" ")
-            if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                if int(parts[1]) != dim:
-                    raise _dim_error(path, int(parts[1]), dim)
-                continue  # the word2vec header: "count dim"
-            if first_vector:  # the vector size shows on the first line that has one
-                if len(parts) != dim + 1:
-                    raise _dim_error(path, len(parts) - 1, dim)
-                first_vector = False
-            if len(parts) < dim + 1:
-                continue
-            word = " ".join(parts[:-dim])  # some GloVe files have words with spaces
-            if word not in exact and word not in lowered:
-                continue
-            vector = torch.tensor([float(v) for v in parts[-dim:]])
-            if word in exact:
-                index = exact[word]
-                vectors[index], found[index], found_exact[index] = vector, True, True
-            for index in lowered.get(word, []):
-                if not found_exact[index]:  # a word's own casing wins over its lower-case form
-                    vectors[index], found[index] = vector, True
-    return vectors, found
-
-
-def _dim_error(path: Path, file_dim: int, dim: int) -> ConfigError:
-    return ConfigError(f"{path} has {file_dim}-dimensional vectors but model.embedding_dim={dim}; "
-                       f"set model.embedding_dim={file_dim}")
-
-
-# -- metrics -----------------------------------------------------------------------------------
-class SubsetAccuracy(Metric):
-    """Accuracy over the tokens a mask selects (here: out-of-vocabulary tokens)."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, preds: Tensor, targets: Tensor, selected: Tensor) -> None:
-        self.correct += (preds[selected] == targets[selected]).sum()
-        self.total += selected.sum()
-
-    def compute(self) -> Tensor:
-        """NaN when nothing was selected (the same on every rank: states are synced first)."""
-        return self.correct.float() / self.total.float()
-
-
-def tag_report(tags: Sequence[str], stats: Tensor) -> tuple[list[dict], str]:
-    """Per-tag precision/recall/F1 from (num_tags, 5) stat scores (tp, fp, tn, fn, support):
-    the rows (most frequent tag first) and a text table."""
-    rows = []
-    for tag, (tp, fp, _, fn, support) in zip(tags, stats.tolist()):
-        precision, recall, f1 = precision_recall_f1(tp, tp + fp, tp + fn)
-        rows.append({"tag": tag, "precision": precision, "recall": recall, "f1": f1,
-                     "support": support})
-    rows.sort(key=lambda r: (-r["support"], r["tag"]))
-    width = max(len("tag"), *(len(t) for t in tags))
-    lines = [f"{'tag':<{width}}  precision  recall      f1  support"]
-    lines += [f"{r['tag']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  "
-              f"{r['support']:7d}" for r in rows]
-    return rows, "\n".join(lines)
-
-
-# -- the module --------------------------------------------------------------------------------
 class SequenceTagger(SequenceModule):
     """Embedding (+ char features) -> encoder -> dropout -> linear per step -> softmax.
 

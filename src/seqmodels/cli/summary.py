@@ -24,11 +24,11 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from seqmodels.cli.eval import load_model
+from seqmodels.cli.train import build_data_and_model
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.errors import ConfigError
-from seqmodels.eval import load_model
 from seqmodels.models.encoder import RNNEncoder
-from seqmodels.train import build_data_and_model
 
 FORMATS = ("text", "markdown")
 GATES = {"RNN": ("",), "GRU": ("r", "z", "n"), "LSTM": ("i", "f", "g", "o")}

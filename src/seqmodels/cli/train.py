@@ -13,25 +13,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seqmodels.checkpoint_io import AtomicCheckpointIO, is_weights_only
+from seqmodels.callbacks.progress import EpochSummary
+from seqmodels.callbacks.resume import EpochPosition, SeedEachEpoch
+from seqmodels.callbacks.vocabularies import SameVocabularies
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
-from seqmodels.distributed import (
-    SameVocabularies,
+from seqmodels.errors import ConfigError
+from seqmodels.training.checkpoint_io import AtomicCheckpointIO, is_weights_only
+from seqmodels.training.distributed import (
     check_accelerator,
     distributed_run,
     prepare_determinism,
     quiet_other_ranks,
 )
-from seqmodels.errors import ConfigError
-from seqmodels.progress import EpochSummary
-from seqmodels.run_checks import check_model_fits_data, discard_unstarted_run
-from seqmodels.run_info import write_run_info
-from seqmodels.runs import (  # also registers Hydra resolvers
-    CHECKPOINT_KEYWORDS,
-    EpochPosition,
-    SeedEachEpoch,
-)
-from seqmodels.step_costs import SilentProfiler, frozen_garbage
+from seqmodels.training.run_checks import check_model_fits_data, discard_unstarted_run
+from seqmodels.training.run_info import write_run_info
+from seqmodels.training.runs import CHECKPOINT_KEYWORDS  # also registers Hydra resolvers
+from seqmodels.training.step_costs import SilentProfiler, frozen_garbage
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
-from seqmodels.distributed import check_accelerator
 from seqmodels.errors import ConfigError
-from seqmodels.runs import checkpoint_run_dir
+from seqmodels.training.distributed import check_accelerator
+from seqmodels.training.runs import checkpoint_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("%s %r", name, value)
     output_dir = cfg.get("paths", {}).get("output_dir")
     if output_dir and Path(output_dir).is_dir():
-        from seqmodels.train import write_metrics  # the training run's format: metrics.json
+        from seqmodels.cli.train import write_metrics  # the training run's format: metrics.json
 
         write_metrics(output_dir, metrics)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -28,6 +28,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from seqmodels.cli.eval import load_model
+from seqmodels.cli.generate import resolve_device
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.data.batching import collate_classification
 from seqmodels.data.classification import TextClassificationDataModule
@@ -41,9 +43,7 @@ from seqmodels.data.files import (
 )
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
-from seqmodels.eval import load_model
-from seqmodels.generate import resolve_device
-from seqmodels.runs import checkpoint_run_dir
+from seqmodels.training.runs import checkpoint_run_dir
 
 log = logging.getLogger(__name__)
 

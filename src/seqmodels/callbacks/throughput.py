@@ -1,8 +1,9 @@
 """Training speed and memory of a run, for hardware checks (scripts/device_check.sh): real tokens
 per second over every rank, peak accelerator memory, and which RNN kernels ran.
 
-Add it to any run: ``seqmodels-train ... +callbacks.throughput._target_=seqmodels.throughput.
-Throughput +callbacks.throughput.output_dir='${paths.output_dir}'``; it writes
+Add it to any run: ``seqmodels-train ...
++callbacks.throughput._target_=seqmodels.callbacks.throughput.Throughput
++callbacks.throughput.output_dir='${paths.output_dir}'``; it writes
 ``<output_dir>/throughput.json`` and logs one line.
 """
 

@@ -8,9 +8,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from seqmodels.cli.eval import load_model
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.errors import ConfigError
-from seqmodels.eval import load_model
 
 
 def resolve_device(name: str) -> torch.device:

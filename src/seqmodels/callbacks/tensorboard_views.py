@@ -26,7 +26,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassSta
 from seqmodels.data.batching import IGNORE_INDEX
 from seqmodels.errors import ConfigError
 from seqmodels.models.encoder import reverse_within_length
-from seqmodels.models.tagger import tag_report
+from seqmodels.models.tag_metrics import tag_report
 
 log = logging.getLogger(__name__)
 

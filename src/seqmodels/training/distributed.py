@@ -10,8 +10,6 @@ launched externally, exactly as under ``torchrun``. When the job ends the enviro
 thread count and the process group are put back, so that the next job of a sweep starts clean.
 """
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -34,8 +32,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig
 
-from seqmodels.errors import ConfigError, DataError
-from seqmodels.precision import check_cpu_precision
+from seqmodels.errors import ConfigError
+from seqmodels.training.precision import check_cpu_precision
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +116,8 @@ def available_cpus() -> int:
 
 def threads_per_process(processes: int, cpus: int | None = None) -> int:
     """Each of ``processes`` CPU ranks on one machine gets its share of the cores. More threads
-    than cores makes OpenMP threads spin-wait for each other (we measured ~50x slowdowns with
-    two 2-thread processes on 2 cores)."""
+    than cores makes OpenMP threads spin-wait for each other (README, "Scaling up", has the
+    measurement)."""
     return max(1, (cpus or available_cpus()) // processes)
 
 
@@ -313,23 +311,4 @@ def distributed_run(trainer: L.Trainer) -> Iterator[None]:
 
 
 # -- agreement between ranks ------------------------------------------------------------------
-def vocabulary_fingerprint(vocabs: dict) -> str:
-    content = json.dumps({name: vocab.to_dict() for name, vocab in sorted(vocabs.items())},
-                         sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
-
-class SameVocabularies(L.Callback):
-    """Every rank builds the vocabularies from its own copy of the training data; ids mean the
-    same thing everywhere only if those copies agree. Checked once the process group exists."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.world_size == 1:
-            return
-        mine = vocabulary_fingerprint(pl_module.vocabs)
-        if trainer.strategy.broadcast(mine, src=0) != mine:
-            raise DataError(
-                f"rank {trainer.global_rank} built different vocabularies from rank 0: the "
-                "training data differs between processes or machines; give every node the same "
-                "files (paths.data_dir)"
-            )

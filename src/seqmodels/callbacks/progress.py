@@ -1,4 +1,7 @@
-"""One line per validation, for logs and for consoles that are not terminals.
+"""What a run shows of its progress: one line per validation (for logs and consoles that are
+not terminals), and a progress bar that reads values back only when they change.
+
+One line per validation:
 
 A progress bar draws nothing useful into a file or a pipe (``make train > out.log``, a batch
 job), so there each validation prints one line: epoch, the monitored metric, the best so far
@@ -11,7 +14,8 @@ import sys
 import time
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -93,3 +97,22 @@ class EpochSummary(L.Callback):
             log_to_files_only(message)
         else:
             log.info(message)
+
+
+class SteadyRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, which reads the logged metrics back after every batch:
+    each read is a host sync on a GPU. During training this one
+    reads them on the steps that log new values (every ``trainer.log_every_n_steps``, and the
+    first), which is when they change, and shows the numbers it read until then. Through the
+    bar's public ``get_metrics``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shown: dict | None = None
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        step = trainer.global_step
+        fresh = step <= 1 or step % max(trainer.log_every_n_steps, 1) == 0
+        if trainer.state.stage != RunningStage.TRAINING or fresh or self._shown is None:
+            self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown

@@ -1,0 +1,1 @@
+"""Everything Lightning calls back during a run."""

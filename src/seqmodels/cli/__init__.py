@@ -1,0 +1,1 @@
+"""The command-line tools: thin Hydra mains over plain functions."""
