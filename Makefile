@@ -32,12 +32,15 @@ train: install ## Train the default experiment (SST-2 BiLSTM); extra overrides: 
 	$(BIN)/seqmodels-train experiment=sst2_bilstm $(ARGS)
 
 # Tests use tiny models, for which one thread per process is as fast as two, and immune to the
-# OpenMP spin-wait collapse that two busy processes on two cores suffer.
+# OpenMP spin-wait collapse that two busy processes on two cores suffer: so one test process
+# per core (pytest-xdist), each file's tests in one of them, in order (the README test's
+# commands build on each other).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: install ## Run the test suite (without slow tests)
-	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -m "not slow" -q $(ARGS)
+	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" -q $(ARGS)
 
 test-all: install ## Run every test, slow ones included
-	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -q $(ARGS)
+	cd $(ROOT) && OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -q $(ARGS)
 
 lint: install ## Check style with ruff
 	cd $(ROOT) && $(BIN)/ruff check src tests scripts
