@@ -80,3 +80,15 @@ def run_cli(module: str, *overrides: str, cwd: Path, timeout: int = 300,
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def user(tmp_path):
+    """A user's own working directory (not the repo) and the tiny named datasets, reached as a
+    user reaches a copy of theirs: through SEQMODELS_DATA_DIR."""
+    from tests.tiny_datasets import write_named_datasets  # it imports this module
+
+    data_dir = write_named_datasets(tmp_path / "datasets")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    return cwd, {"SEQMODELS_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}

@@ -16,15 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, write_lines
-from tests.tiny_datasets import sentiment_lines, write_named_datasets
-
-
-@pytest.fixture
-def user(tmp_path):
-    data_dir = write_named_datasets(tmp_path / "datasets")
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    return cwd, {"SEQMODELS_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+from tests.tiny_datasets import sentiment_lines
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -9,18 +9,8 @@ import pytest
 
 from seqmodels.training.run_checks import discard_unstarted_run
 from tests.conftest import run_cli
-from tests.tiny_datasets import write_named_datasets
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+): val/acc ([0-9.]+) \(best ([0-9.]+) at epoch (\d+)\)")
-
-
-@pytest.fixture
-def user(tmp_path):
-    """A user's working directory and the tiny named datasets, through SEQMODELS_DATA_DIR."""
-    data_dir = write_named_datasets(tmp_path / "datasets")
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    return cwd, {"SEQMODELS_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
 
 
 def runs(cwd):
