@@ -49,10 +49,12 @@ def build(cfg: DictConfig, **kwargs):
         raise
 
 
-def record_in_log_files(message: str) -> None:
-    """An error into the run's log files (``train.log``) only: the console gets it once, as
-    the last line, from ``exit_on_user_error``."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+def record_in_log_files(message: str, level: int = logging.ERROR,
+                        logger: logging.Logger = log) -> None:
+    """A record into the run's log files (``train.log``) only, not the console: an error,
+    which the console gets once as the last line from ``exit_on_user_error``, or a line the
+    console shows otherwise (a progress bar)."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -1,8 +1,6 @@
 """What a run shows of its progress: one line per validation (for logs and consoles that are
 not terminals), and a progress bar that reads values back only when they change.
 
-One line per validation:
-
 A progress bar draws nothing useful into a file or a pipe (``make train > out.log``, a batch
 job), so there each validation prints one line: epoch, the monitored metric, the best so far
 and the time. ``train.log`` always gets the line; a terminal, which has the progress bar, does
@@ -18,19 +16,14 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
+from seqmodels.config import record_in_log_files
+from seqmodels.training.step_costs import is_logging_step
+
 log = logging.getLogger(__name__)
 
 
 def console_is_terminal() -> bool:
     return sys.stdout.isatty()
-
-
-def log_to_files_only(message: str) -> None:
-    """An INFO record for the log files (``train.log``), not the console."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 def format_duration(seconds: float) -> str:
@@ -94,7 +87,7 @@ class EpochSummary(L.Callback):
             return
         message = self.line(trainer)
         if console_is_terminal():
-            log_to_files_only(message)
+            record_in_log_files(message, logging.INFO, log)
         else:
             log.info(message)
 
@@ -111,8 +104,7 @@ class SteadyRichProgressBar(RichProgressBar):
         self._shown: dict | None = None
 
     def get_metrics(self, trainer, pl_module) -> dict:
-        step = trainer.global_step
-        fresh = step <= 1 or step % max(trainer.log_every_n_steps, 1) == 0
+        fresh = is_logging_step(trainer, trainer.global_step)
         if trainer.state.stage != RunningStage.TRAINING or fresh or self._shown is None:
             self._shown = super().get_metrics(trainer, pl_module)
         return self._shown

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from seqmodels.errors import TrainingError
+from seqmodels.training.step_costs import is_logging_step
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ class StopOnNonFiniteLoss(L.Callback):
         self._loss = loss.detach()
         bad = ~torch.isfinite(self._loss).all()
         self._non_finite = bad if self._non_finite is None else self._non_finite | bad
-        step = trainer.global_step
-        if step <= 1 or step % max(trainer.log_every_n_steps, 1) == 0:
+        if is_logging_step(trainer, trainer.global_step):  # counted after this step
             self.check(trainer)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:

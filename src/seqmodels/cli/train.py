@@ -133,9 +133,9 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = dict(trainer.callback_metrics)
 
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback else ""
         if cfg.get("test") and datamodule.paths.get("test") is not None:
-            callback = trainer.checkpoint_callback
-            best = callback.best_model_path if callback else ""
             if not best:
                 log.warning("no best checkpoint was saved: testing the current weights")
             else:
@@ -146,9 +146,8 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
 
     metrics = {k: float(v) for k, v in metrics.items()}
     write_metrics(cfg.paths.output_dir, metrics)
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.best_model_path:
-        log.info("best checkpoint: %s", callback.best_model_path)
+    if best:
+        log.info("best checkpoint: %s", best)
     objects.update(datamodule=datamodule, model=model)
     return metrics, objects
 

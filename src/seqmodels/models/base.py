@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 
 from seqmodels.data.vocab import Vocab
 from seqmodels.training.precision import clippable_optimizer, scales_gradients
+from seqmodels.training.step_costs import is_logging_step
 
 
 class SequenceModule(L.LightningModule):
@@ -125,8 +126,7 @@ class SequenceModule(L.LightningModule):
         trainer = self.attached_trainer()
         if trainer is None:
             return True
-        step = trainer.global_step
-        return step == 0 or (step + 1) % max(trainer.log_every_n_steps, 1) == 0
+        return is_logging_step(trainer, trainer.global_step + 1)  # this step, not yet counted
 
     def epoch_train_loss(self) -> MeanMetric:
         """The epoch's mean training loss, over every rank once computed."""

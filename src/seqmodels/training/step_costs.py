@@ -14,6 +14,13 @@ from lightning.pytorch.profilers import PassThroughProfiler
 _NOTHING = contextlib.nullcontext()
 
 
+def is_logging_step(trainer, steps_done: int) -> bool:
+    """Whether the optimizer step that brings a run to ``steps_done`` steps logs: Lightning logs
+    every ``trainer.log_every_n_steps``, and seqmodels the first step too (a number on the
+    progress bar from the start). Only there are values read back from the device."""
+    return steps_done <= 1 or steps_done % max(trainer.log_every_n_steps, 1) == 0
+
+
 class SilentProfiler(PassThroughProfiler):
     """Lightning's default when no profiler is chosen, without its cost: the pass-through
     profiler builds a generator context manager for each hook call of a step; this one hands
