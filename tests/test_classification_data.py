@@ -7,13 +7,9 @@ import pytest
 import torch
 
 from seqmodels.data.batching import LengthBatchSampler, collate_classification, pad
-from seqmodels.data.classification import (
-    TEST_SPLIT_SEED,
-    TextClassificationDataModule,
-    read_label_text,
-    read_tsv,
-)
+from seqmodels.data.classification import TEST_SPLIT_SEED, TextClassificationDataModule
 from seqmodels.data.download import ensure_dataset
+from seqmodels.data.labelled_text import read_label_text, read_tsv
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError, DataError
 from tests.conftest import write_lines

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqmodels.data.batching import IGNORE_INDEX, collate_classification, pad
-from seqmodels.data.classification import read_label_text, read_tsv
+from seqmodels.data.labelled_text import read_label_text, read_tsv
 from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import DataError
 
