@@ -110,8 +110,7 @@ def test_probabilities_equal_forward_softmax_in_input_order(tmp_path, classifier
                                               for p in expected]
 
 
-def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, classifier_ckpt,
-                                                                   caplog):
+def test_lowercase_comes_from_the_checkpoint_else_the_option(tmp_path, classifier_ckpt):
     model = load_model(classifier_ckpt).eval()
     assert "good" in model.vocabs["tokens"] and "GOOD" not in model.vocabs["tokens"]
     source = write_lines(tmp_path / "in.txt", ["GOOD Film"])
@@ -128,19 +127,24 @@ def test_lowercase_comes_from_the_run_else_a_guess_else_the_option(tmp_path, cla
     assert model.text_settings == {"encoding": "utf-8", "lowercase": True}
     moved = Path(shutil.copy(classifier_ckpt, tmp_path / "moved.ckpt"))
     assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
-    assert "guessing" not in caplog.text
-    # An older checkpoint without it: read from its run's config_resolved.yaml ...
-    old = torch.load(classifier_ckpt, weights_only=False)
-    del old["seqmodels"]["text_settings"]
-    old["seqmodels"].pop("data", None)  # nor the data config
-    torch.save(old, classifier_ckpt.parent / "old.ckpt")
-    assert probs(classifier_ckpt.parent / "old.ckpt") == pytest.approx(lowered[0], abs=1e-6)
-    assert "guessing" not in caplog.text
-    # ... and moved out of its run directory: guessed from the (all lower-case) vocabulary.
-    moved = Path(shutil.move(classifier_ckpt.parent / "old.ckpt", tmp_path / "old.ckpt"))
-    assert probs(moved) == pytest.approx(lowered[0], abs=1e-6)
-    assert "guessing lowercase=true" in caplog.text
     assert probs(moved, lowercase="false") == pytest.approx(as_written[0], abs=1e-6)
+
+
+def test_checkpoint_without_data_settings_is_refused(tmp_path, classifier_ckpt):
+    """Even beside its run's config_resolved.yaml: no guessing at how the text was read."""
+    old = torch.load(classifier_ckpt, weights_only=False)
+    del old["seqmodels"]["data"]
+    del old["seqmodels"]["text_settings"]
+    ckpt = classifier_ckpt.parent / "old.ckpt"
+    torch.save(old, ckpt)
+    source = write_lines(tmp_path / "in.txt", ["good film"])
+    try:
+        with pytest.raises(ConfigError, match="records no data settings.*predates.*not written "
+                                              "by seqmodels-train") as refused:
+            run_predict(ckpt, source)
+    finally:
+        ckpt.unlink()
+    assert "\n" not in str(refused.value)
 
 
 def test_classifier_with_character_features(tmp_path):
@@ -345,22 +349,14 @@ def test_tagger_reads_conllu_and_column_input(tmp_path, tagger_ckpt):
         run_predict(tagger_ckpt, broken, input_format="conllu")
 
 
-def test_tagger_word_clipping_comes_from_the_checkpoint(tmp_path, tagger_ckpt, caplog):
-    model = load_model(tagger_ckpt)
+def test_tagger_word_clipping_comes_from_the_checkpoint(tmp_path, tagger_ckpt):
+    model = load_model(tagger_ckpt).eval()
     assert model.text_settings == {"encoding": "utf-8", "lowercase": False, "max_word_length": 3}
-    source = write_lines(tmp_path / "in.txt", ["the Teddybear"])
-    moved = shutil.copy(tagger_ckpt, tmp_path / "moved.ckpt")
-    run_predict(moved, source)
-    assert "max_word_length" not in caplog.text and "guessing" not in caplog.text
-    # An older checkpoint without the settings, away from its run: defaults, and said so.
-    old = torch.load(tagger_ckpt, weights_only=False)
-    del old["seqmodels"]["text_settings"]
-    old["seqmodels"].pop("data", None)  # nor the data config
-    torch.save(old, tmp_path / "old.ckpt")
-    run_predict(tmp_path / "old.ckpt", source)
-    assert "records no data.max_word_length; using the default 30" in caplog.text
-    # Capitalised words in the vocabulary: the guess is "not lower-cased".
-    assert "guessing lowercase=false" in caplog.text
+    sentence = ["the", "Teddybear"]
+    source = write_lines(tmp_path / "in.txt", [" ".join(sentence)])
+    moved = shutil.copy(tagger_ckpt, tmp_path / "moved.ckpt")  # away from its run directory
+    assert parse_conll(run_predict(moved, source)) == [
+        list(zip(sentence, expected_tags(model, sentence, max_word_length=3)))]
 
 
 # -- a language model is refused ----------------------------------------------------------------

@@ -2,18 +2,15 @@
 
 The model, its hyperparameters, its vocabularies and how the training data was read and
 normalised (``data.encoding``, ``data.lowercase``, and with character features
-``data.max_word_length``: the datamodule's ``text_settings``) all come from the checkpoint. A
-checkpoint written before those settings were saved falls back to the ``config_resolved.yaml``
-of the run whose ``checkpoints/`` folder holds it, then to a guess (lower-case input when the
-vocabulary has no upper-case entry; the datamodule's default word length), with a warning;
-``lowercase=`` and ``max_word_length=`` settle it. Input is read in the training data's
-encoding (UTF-8 when none is recorded) unless ``encoding=`` names another.
+``data.max_word_length``: the datamodule's ``text_settings``) all come from the checkpoint;
+``encoding=``, ``lowercase=`` and ``max_word_length=`` override them. A checkpoint that records
+no data settings (written before seqmodels-train saved them, or not by seqmodels-train) is
+refused.
 
 Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
 hold no sentence and are skipped; every output record names its input line (``line``).
 """
 
-import inspect
 import json
 import logging
 import os
@@ -26,7 +23,7 @@ from typing import TextIO
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from seqmodels.cli.eval import load_model
 from seqmodels.cli.generate import resolve_device
@@ -43,7 +40,6 @@ from seqmodels.data.files import (
 )
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
-from seqmodels.training.runs import checkpoint_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,51 +118,18 @@ def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
 
 # -- how the training data was normalised -------------------------------------------------------
 def recorded_data_config(ckpt_path: str, model) -> dict:
-    """How the training data was prepared: saved in the checkpoint (``text_settings``), or for
-    an older checkpoint the ``data`` settings of the run that wrote it, if it can be found."""
-    if model.text_settings or getattr(model, "data_config", None):
-        # The training run's whole data config, where recorded, under its text settings.
-        return {**getattr(model, "data_config", {}), **model.text_settings}
-    run = checkpoint_run_dir(ckpt_path)
-    config = None if run is None else run / "config_resolved.yaml"
-    if config is None or not config.is_file():
-        return {}
-    data = OmegaConf.load(config).get("data")
-    return {} if data is None else OmegaConf.to_container(data)
+    """How the training data was read and normalised: the training run's data config, under
+    its text settings, both saved in the checkpoint by seqmodels-train."""
+    if not model.data_config:
+        raise ConfigError(f"{ckpt_path} records no data settings (how its training text was read "
+                          "and normalised): it predates checkpoints that save them, or was not "
+                          "written by seqmodels-train; train it again with seqmodels-train")
+    return {**model.data_config, **model.text_settings}
 
 
-def resolve_lowercase(cfg: DictConfig, recorded: dict, words: list[str]) -> bool:
-    if cfg.get("lowercase") is not None:
-        return bool(cfg.lowercase)
-    if "lowercase" in recorded:
-        return bool(recorded["lowercase"])
-    # A vocabulary built from lower-cased text has no upper-case entry; one built from raw
-    # text almost always has some.
-    guess = all(word == word.lower() for word in words)
-    log.warning("%s records no data.lowercase and lies in no training run directory; guessing "
-                "lowercase=%s from its vocabulary; pass lowercase=true|false to be sure",
-                cfg.ckpt_path, str(guess).lower())
-    return guess
-
-
-def resolve_encoding(cfg: DictConfig, recorded: dict) -> str:
-    """``encoding=``, else the training data's (``data.encoding``), else UTF-8 (what every
-    checkpoint written before encodings were recorded was trained on)."""
-    if cfg.get("encoding") is not None:
-        return check_encoding(cfg.encoding, "encoding")
-    return check_encoding(recorded.get("encoding") or DEFAULT_ENCODING, "encoding")
-
-
-def resolve_max_word_length(cfg: DictConfig, recorded: dict) -> int:
-    if cfg.get("max_word_length") is not None:
-        return int(cfg.max_word_length)
-    if "max_word_length" in recorded:
-        return int(recorded["max_word_length"])
-    default = inspect.signature(TaggingDataModule).parameters["max_word_length"].default
-    log.warning("%s records no data.max_word_length; using the default %d (words longer than "
-                "that are clipped for character features); pass max_word_length= to change it",
-                cfg.ckpt_path, default)
-    return default
+def setting(cfg: DictConfig, recorded: dict, key: str):
+    """``key=`` where given, else the training data's ``data.<key>``."""
+    return recorded[key] if cfg.get(key) is None else cfg[key]
 
 
 # -- encoding, as the training datamodules do ---------------------------------------------------
@@ -286,8 +249,8 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
                           "classifier reads one sentence a line (input_format=text)")
     model.to(device).eval()
     recorded = recorded_data_config(str(cfg.ckpt_path), model)
-    lowercase = resolve_lowercase(cfg, recorded, model.vocabs["tokens"].itos)
-    encoding = resolve_encoding(cfg, recorded)
+    lowercase = bool(setting(cfg, recorded, "lowercase"))
+    encoding = check_encoding(setting(cfg, recorded, "encoding"), "encoding")
 
     source = str(cfg.input)
     name = "<stdin>" if source == "-" else source
@@ -299,8 +262,8 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     batch_size = int(cfg.batch_size)
     with open_output(str(cfg.output)) if out is None else nullcontext(out) as stream:
         # Words are clipped for character features as in training.
-        max_word_length = (resolve_max_word_length(cfg, recorded) if "chars" in model.vocabs
-                           else None)
+        max_word_length = (int(setting(cfg, recorded, "max_word_length"))
+                           if "chars" in model.vocabs else None)
         if model.task == "classification":
             encode = classification_encoder(model, lowercase, max_word_length)
             collate = collate_classification
