@@ -15,14 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from seqmodels.callbacks.tensorboard_views import (
-    ConfusionMatrixView,
-    HiddenGradNorms,
-    HParamsTab,
-    PerClassF1View,
-    flatten,
-    step_norms,
-)
+from seqmodels.callbacks.tensorboard_views.hidden_grad_norms import HiddenGradNorms, step_norms
+from seqmodels.callbacks.tensorboard_views.hparams_tab import HParamsTab, flatten
+from seqmodels.callbacks.tensorboard_views.validation import ConfusionMatrixView, PerClassF1View
 from seqmodels.cli.eval import load_model
 from seqmodels.cli.train import train
 from seqmodels.data.batching import IGNORE_INDEX, collate_classification
