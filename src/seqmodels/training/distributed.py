@@ -308,7 +308,3 @@ def distributed_run(trainer: L.Trainer) -> Iterator[None]:
         torch.set_num_threads(threads)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-# -- agreement between ranks ------------------------------------------------------------------
-
