@@ -527,7 +527,7 @@ def section_optim(bench: Bench) -> str:
                 for arm in arms]
         for arm in arms:
             bench.facts[f"optim_{name}_{arm.name}"] = median(ratios(arm, base))
-        vocab = arms[0].model.embedding.weight.shape
+        vocab = arms[0].model.embeddings.trained.weight.shape
         parts += [f"### {task.experiment}: word embedding {vocab[0]:,} x {vocab[1]}, "
                   f"{batches} batches per repetition", "",
                   table(["optimizer", "tokens/s", "vs adam"], rows), "", noise(arms), ""]

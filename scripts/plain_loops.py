@@ -362,7 +362,7 @@ class ArmSpec:
     def build(self, cfg, datamodule, reference: nn.Module) -> Arm:
         model = copy_model(cfg, datamodule, reference)
         if self.optimizer == "sparse":
-            model.embedding.sparse = True  # the word embedding's gradient becomes sparse
+            model.embeddings.trained.sparse = True  # the word embedding's gradient becomes sparse
         if self.variable_length is not None:
             set_variable_length(model, self.variable_length)
         if self.optimizer is None:

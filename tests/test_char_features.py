@@ -119,7 +119,7 @@ def test_outputs_and_gradients_equal_the_reference(seed, cell):
 
 def with_reference_char_encoder(model):
     """``model`` whose character encoder runs the reference algorithm on padded ids."""
-    char_encoder = model.char_encoder
+    char_encoder = model.embeddings.chars
 
     def forward(words, mask):
         chars = words.padded() if isinstance(words, SpelledWords) else words
@@ -141,7 +141,7 @@ def assert_same_as_reference(make_model, batch):
     new, new_grads = outputs_and_grads(make_model(), batch)
     old, old_grads = outputs_and_grads(with_reference_char_encoder(make_model()), batch)
     torch.testing.assert_close(new, old)
-    assert new_grads.keys() == old_grads.keys() and any("char_encoder" in n for n in new_grads)
+    assert new_grads.keys() == old_grads.keys() and any("embeddings.chars" in n for n in new_grads)
     for name in new_grads:
         torch.testing.assert_close(new_grads[name], old_grads[name], msg=name)
 
@@ -257,7 +257,7 @@ def test_character_features_read_nothing_back_in_a_training_step():
     encoders = tuple(m for m in model.modules() if isinstance(m, RNNEncoder))
     mask = torch.arange(batch.tokens.size(1)) < batch.lengths.unsqueeze(1)
     with HostReads(skip=encoders) as counter:
-        model.char_encoder(batch.chars, mask).sum().backward()
+        model.embeddings.chars(batch.chars, mask).sum().backward()
     assert counter.reads == []
     with HostReads(skip=encoders) as counter:
         model(batch.tokens, batch.lengths, batch.chars).sum().backward()

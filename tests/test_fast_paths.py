@@ -76,27 +76,27 @@ def test_adam_implementations_update_identically(kind):
 def test_sparse_gradients_and_their_clipping_equal_the_dense_ones():
     dense = sentiment_model()
     sparse = copy.deepcopy(dense)
-    sparse.embedding.sparse = True
+    sparse.embeddings.trained.sparse = True
     batch = sentiment_batch(0, words=[2, 3, 3, 4])  # repeated rows: an uncoalesced gradient
     for model in (dense, sparse):
         pl.task_loss(model, batch)[0].backward()
-    assert sparse.embedding.weight.grad.is_sparse
-    torch.testing.assert_close(sparse.embedding.weight.grad.to_dense(),
-                               dense.embedding.weight.grad)
+    assert sparse.embeddings.trained.weight.grad.is_sparse
+    torch.testing.assert_close(sparse.embeddings.trained.weight.grad.to_dense(),
+                               dense.embeddings.trained.weight.grad)
 
     dense_norm = torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.01)
     sparse_norm = pl.clip_grad_norm(sparse.parameters(), 0.01)
     assert dense_norm > 0.01  # so clipping did scale the gradients
     torch.testing.assert_close(sparse_norm, dense_norm)
-    torch.testing.assert_close(sparse.embedding.weight.grad.to_dense(),
-                               dense.embedding.weight.grad)
+    torch.testing.assert_close(sparse.embeddings.trained.weight.grad.to_dense(),
+                               dense.embeddings.trained.weight.grad)
     torch.testing.assert_close(sparse.classifier.weight.grad, dense.classifier.weight.grad)
 
 
 def test_sparse_adam_is_adam_on_the_rows_a_batch_uses_and_leaves_the_others():
     dense = sentiment_model()
     sparse = copy.deepcopy(dense)
-    sparse.embedding.sparse = True
+    sparse.embeddings.trained.sparse = True
     # A tiny eps: SparseAdam adds it before the bias correction, Adam after (see make_optimizers).
     dense_opt = pl.make_optimizers(dense, "fused", lr=0.01, eps=1e-12)
     sparse_opt = pl.make_optimizers(sparse, "sparse", lr=0.01, eps=1e-12)
@@ -106,10 +106,10 @@ def test_sparse_adam_is_adam_on_the_rows_a_batch_uses_and_leaves_the_others():
         train_steps(model, optimizers, [first])
     assert_same_parameters(dense, sparse)  # step 1: every moment starts at zero in both
 
-    before = dense.embedding.weight.detach().clone()
+    before = dense.embeddings.trained.weight.detach().clone()
     for model, optimizers in ((dense, dense_opt), (sparse, sparse_opt)):
         train_steps(model, optimizers, [second])
-    dense_rows, sparse_rows = dense.embedding.weight.detach(), sparse.embedding.weight.detach()
+    dense_rows, sparse_rows = dense.embeddings.trained.weight.detach(), sparse.embeddings.trained.weight.detach()
     # Rows 5, 6 (first used now) get the same update from both optimizers...
     torch.testing.assert_close(sparse_rows[5:7], dense_rows[5:7])
     # ...row 3 (used before, not now): dense Adam keeps moving it on its momentum, SparseAdam

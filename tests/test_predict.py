@@ -314,7 +314,7 @@ def parse_conll(text: str) -> list[list[tuple[str, str]]]:
 
 def test_tagger_output_lines_up_with_tokens_and_equals_argmax(tmp_path, tagger_ckpt):
     model = load_model(tagger_ckpt).eval()
-    assert model.char_encoder is not None
+    assert model.embeddings.chars is not None
     inputs = ["the Bird sees a dog and the cat", "Birds", "", "a cat likes the Teddybear !"]
     source = write_lines(tmp_path / "in.txt", inputs)
     sentences = [s.split() for s in inputs if s]

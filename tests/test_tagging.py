@@ -20,7 +20,6 @@ from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError, DataError
 from seqmodels.models.tag_metrics import tag_report
 from seqmodels.models.tagger import SequenceTagger
-from seqmodels.models.word_vectors import read_word_vectors
 from tests.conftest import compose_config, write_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -262,35 +261,6 @@ def test_bidirectional_tagger_sees_the_next_token_a_unidirectional_one_cannot():
     # else it tags as well as the bidirectional model.
     assert 0.35 < uni_teddy < 0.65
     assert uni_acc < bi_acc - 0.05
-
-
-# -- pretrained vectors ------------------------------------------------------------------------
-def test_pretrained_vectors_glove_and_word2vec(tmp_path, caplog):
-    from seqmodels.data.vocab import Vocab
-
-    vocab = Vocab(["<pad>", "<unk>", "the", "Paris", "dog", "zebra"])
-    glove = tmp_path / "glove.txt"
-    glove.write_text("the 1 2 3\nparis 4 5 6\ndog 7 8 9\ncat 0 0 1\n")
-    vectors, found = read_word_vectors(glove, vocab, 3)
-    assert found.tolist() == [False, False, True, True, True, False]
-    assert vectors[3].tolist() == [4, 5, 6]  # "Paris" falls back to "paris"
-    w2v = tmp_path / "w2v.txt"
-    w2v.write_text("2 3\nParis 1 1 1\nparis 4 5 6\n")
-    vectors, found = read_word_vectors(w2v, vocab, 3)
-    assert vectors[3].tolist() == [1, 1, 1]  # its own casing wins
-    with pytest.raises(ConfigError, match="has 3-dimensional vectors but model.embedding_dim=4"):
-        read_word_vectors(glove, vocab, 4)
-
-    model = SequenceTagger(len(vocab), 3, ["A", "B"], ENCODER, embedding_dim=3, chars=None,
-                           embeddings={"path": str(glove), "freeze": True})
-    model.vocabs = {"tokens": vocab}
-    with caplog.at_level(logging.INFO):
-        model.setup("fit")
-    assert "3 of 4 vocabulary words found (75.0%)" in caplog.text
-    assert model.embedding.weight[2].tolist() == [1, 2, 3]
-    assert not model.embedding.weight.requires_grad
-    with pytest.raises(ConfigError, match="freeze=true needs model.embeddings.path"):
-        SequenceTagger(6, 3, ["A", "B"], ENCODER, chars=None, embeddings={"freeze": True})
 
 
 def test_span_scheme_is_checked_against_the_tags():

@@ -188,8 +188,8 @@ def test_grad_norms_equal_a_direct_autograd_computation(tmp_path):
     # Directly: the gradient on the embedded words, which are the encoder's input here.
     batch = data[0]
     embedded = []
-    before.embedding.register_forward_hook(lambda m, i, out: embedded.append(out) or
-                                           out.retain_grad())
+    before.embeddings.register_forward_hook(lambda m, i, out: embedded.append(out) or
+                                            out.retain_grad())
     F.cross_entropy(before(batch.tokens, batch.lengths), batch.targets).backward()
     norms = embedded[0].grad.norm(dim=2)  # (B, T)
     lengths = batch.lengths.tolist()

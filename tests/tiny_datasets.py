@@ -2,6 +2,7 @@
 (``sst2/``, ``ud_ewt/``, ``tinyshakespeare/``), and for a user's own files: what the README's
 commands read when the tests run them as a user types them."""
 
+import gzip
 import random
 from pathlib import Path
 
@@ -65,7 +66,25 @@ def write_named_datasets(root: Path) -> Path:
     text = root / "tinyshakespeare" / "input.txt"
     text.parent.mkdir(parents=True, exist_ok=True)
     text.write_text(shakespeare_text(120_000), encoding="utf-8")
+    write_glove(root / "glove" / "glove.6B.50d.txt.gz", 50)
     return root
+
+
+# Words the tiny training files never have, but the tiny vectors file does.
+UNSEEN_WITH_VECTORS = ["superb", "dreadful", "cat"]
+
+
+def write_glove(path: Path, dim: int, seed: int = 0) -> Path:
+    """A GloVe-format vectors file (gzipped when ``path`` ends in .gz) for the tiny datasets'
+    words, lower-cased, and a few words they never use."""
+    rng = random.Random(seed)
+    words = dict.fromkeys(w.lower() for w in POSITIVE + NEGATIVE + FILLER
+                          + [word for word, _, _ in LEXICON] + UNSEEN_WITH_VECTORS)
+    lines = [w + " " + " ".join(f"{rng.uniform(-1, 1):.4f}" for _ in range(dim)) for w in words]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
 
 
 def write_own_files(folder: Path) -> None:

@@ -17,6 +17,7 @@ from seqmodels.callbacks.progress import EpochSummary
 from seqmodels.callbacks.resume import EpochPosition, SeedEachEpoch
 from seqmodels.callbacks.vocabularies import SameVocabularies
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
+from seqmodels.data.word_vectors import WordVectors, check_vectors_file, load_word_vectors
 from seqmodels.errors import ConfigError
 from seqmodels.training.checkpoint_io import AtomicCheckpointIO, is_weights_only
 from seqmodels.training.distributed import (
@@ -34,19 +35,35 @@ log = logging.getLogger(__name__)
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule first: the model's sizes come from its vocabularies (train split only)."""
+    """The datamodule first: the model's sizes come from its vocabularies (train split only,
+    plus the words of the pretrained vectors file, read once for both)."""
     log.info("instantiating datamodule <%s>", cfg.data._target_)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
+    vectors = read_pretrained_vectors(cfg)
+    if vectors is not None:
+        datamodule.extend_words(vectors.words, cfg.model.embeddings.get("extra_words"))
     datamodule.setup("fit")
     log.info("instantiating model <%s>", cfg.model._target_)
     # Plain containers, not DictConfig, so that checkpoints load with weights_only=True.
     model = build(cfg.model, _convert_="all", **datamodule.model_sizes())
+    if vectors is not None:  # a resumed run's checkpoint overwrites them with its own
+        model.embeddings.load_pretrained(vectors, datamodule.vocabs["tokens"])
     model.vocabs = datamodule.vocabs
     model.text_settings = datamodule.text_settings()
     # The whole data config, resolved: seqmodels-eval rebuilds the same splits from it.
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
     return datamodule, model
+
+
+def read_pretrained_vectors(cfg: DictConfig) -> WordVectors | None:
+    """The vectors of ``model.embeddings.path`` (None when there is none), cached in
+    ``paths.cache_dir``."""
+    path = (cfg.model.get("embeddings") or {}).get("path")
+    if not path:
+        return None
+    check_vectors_file(path, cfg.model.embedding_dim)
+    return load_word_vectors(path, cfg.paths.get("cache_dir"))
 
 
 def check_checkpoint(ckpt_path: str | None, output_dir: str) -> None:

@@ -65,6 +65,7 @@ class DataModuleBase(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.pin_memory = pin_memory
         self.vocabs: dict[str, Vocab] | None = None
+        self.extra_words: tuple[list[str], int | None] | None = None  # see extend_words
         # What train.py and eval.py look at: which splits exist (split -> file, or None).
         self.paths: dict[str, str | None] = {}
 
@@ -72,9 +73,28 @@ class DataModuleBase(L.LightningDataModule):
         """Use a trained model's vocabularies instead of building them from train."""
         self.vocabs = vocabs
 
+    def extend_words(self, words: list[str], limit: int | None) -> None:
+        """Add up to ``limit`` of ``words`` (a vectors file's, most frequent first) to the
+        word vocabulary built from train, so that words unseen in training but known to the
+        pretrained vectors keep an id of their own. Call before ``setup``."""
+        self.extra_words = (words, limit)
+
+    def _extend_word_vocab(self) -> None:
+        if self.extra_words is None or "tokens" not in self.vocabs:
+            return
+        trained = self.vocabs["tokens"]
+        self.vocabs["tokens"] = trained.extended(*self.extra_words)
+        log.info("vocabulary: %d words from train, and %d more from the vectors file",
+                 len(trained), len(self.vocabs["tokens"]) - len(trained))
+
     def model_sizes(self) -> dict[str, int]:
         """Keyword arguments that size the model, read from the vocabularies."""
         raise NotImplementedError
+
+    def word_sizes(self) -> dict[str, int]:
+        """The word vocabulary's sizes: all of it, and the words of the training split."""
+        words = self.vocabs["tokens"]
+        return {"vocab_size": len(words), "trained_vocab_size": words.trained_size}
 
     def text_settings(self) -> dict:
         """How raw text becomes ids besides the vocabularies (the encoding of the files, and
@@ -165,6 +185,7 @@ class SequenceDataModule(DataModuleBase):
             self.say_when_there_is_no_test(self.split_path("test") is not None)
         if self.vocabs is None:
             self.vocabs = self.build_vocabs(self.read_split("train"))
+            self._extend_word_vocab()
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
             stage, ("train", "val", "test")
         )

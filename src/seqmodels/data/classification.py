@@ -216,7 +216,7 @@ class TextClassificationDataModule(SequenceDataModule):
 
     def model_sizes(self) -> dict[str, int]:
         """What the model needs to size itself, read from the vocabularies."""
-        sizes = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
+        sizes = {**self.word_sizes(), "num_classes": self.num_classes}
         if self.char_features:
             sizes["num_chars"] = len(self.vocabs["chars"])
         return sizes

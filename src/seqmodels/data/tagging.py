@@ -124,5 +124,5 @@ class TaggingDataModule(SequenceDataModule):
     def model_sizes(self) -> dict[str, Any]:
         """What the model needs to size itself, read from the vocabularies: vocabulary sizes,
         and the tag names (for per-tag reports and span metrics)."""
-        return {"vocab_size": len(self.vocabs["tokens"]), "num_chars": len(self.vocabs["chars"]),
+        return {**self.word_sizes(), "num_chars": len(self.vocabs["chars"]),
                 "tags": list(self.vocabs["tags"].itos)}

@@ -1,7 +1,9 @@
 """A vocabulary: a fixed mapping between strings and integer ids.
 
 Built from the training split only and saved with every checkpoint (as plain JSON-able data),
-so that evaluation and generation decode with exactly the ids the model was trained with.
+so that evaluation and generation decode with exactly the ids the model was trained with. A word
+vocabulary may be extended with the words of a pretrained vectors file (``extended``): words
+that training never saw but the vectors know then keep their own id.
 """
 
 from collections import Counter
@@ -15,9 +17,14 @@ UNK_ID = 1
 
 class Vocab:
     """Strings to ids and back. With ``specials`` (the default) ``<pad>`` is 0 and ``<unk>`` 1;
-    label and tag vocabularies have no specials, so their ids are dense class indices."""
+    label and tag vocabularies have no specials, so their ids are dense class indices.
 
-    def __init__(self, itos: list[str], has_specials: bool = True):
+    ``trained_size``: the ids below it are the training split's; those from it on were added
+    from a vectors file (``extended``), and a word missing as written is looked up lower-cased
+    among them (vectors files such as GloVe's are lower-case)."""
+
+    def __init__(self, itos: list[str], has_specials: bool = True,
+                 trained_size: int | None = None):
         if has_specials and itos[:2] != [PAD, UNK]:
             raise ValueError(f"a vocabulary with specials must start with {PAD}, {UNK}")
         if len(set(itos)) != len(itos):
@@ -25,6 +32,7 @@ class Vocab:
         self.itos = list(itos)
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.has_specials = has_specials
+        self.trained_size = len(self.itos) if trained_size is None else trained_size
 
     @classmethod
     def build(
@@ -44,6 +52,20 @@ class Vocab:
         itos = [PAD, UNK] + [t for t in kept if t not in (PAD, UNK)] if specials else kept
         return cls(itos, has_specials=specials)
 
+    def extended(self, words: Iterable[str], limit: int | None = None) -> "Vocab":
+        """This vocabulary plus up to ``limit`` (None: all) of ``words`` it lacks, in order."""
+        extra = []
+        for word in words:
+            if limit is not None and len(extra) >= limit:
+                break
+            if word not in self.stoi:
+                extra.append(word)
+        return Vocab(self.itos + extra, self.has_specials, trained_size=len(self))
+
+    @property
+    def is_extended(self) -> bool:
+        return self.trained_size < len(self.itos)
+
     def __len__(self) -> int:
         return len(self.itos)
 
@@ -51,9 +73,19 @@ class Vocab:
         return token in self.stoi
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
-        if self.has_specials:
+        if not self.has_specials:
+            return [self.index(t) for t in tokens]
+        if not self.is_extended:
             return [self.stoi.get(t, UNK_ID) for t in tokens]
-        return [self.index(t) for t in tokens]
+        return [self._word_id(t) for t in tokens]
+
+    def _word_id(self, token: str) -> int:
+        index = self.stoi.get(token)
+        if index is None:
+            index = self.stoi.get(token.lower(), UNK_ID)
+            if index < self.trained_size:  # a trained word in another casing stays unseen
+                index = UNK_ID
+        return index
 
     def index(self, token: str) -> int:
         try:
@@ -65,14 +97,19 @@ class Vocab:
         return [self.itos[i] for i in ids]
 
     def to_dict(self) -> dict:
-        return {"itos": self.itos, "has_specials": self.has_specials}
+        data = {"itos": self.itos, "has_specials": self.has_specials}
+        if self.is_extended:
+            data["trained_size"] = self.trained_size
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocab":
-        return cls(data["itos"], has_specials=data["has_specials"])
+        return cls(data["itos"], has_specials=data["has_specials"],
+                   trained_size=data.get("trained_size"))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocab) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        return f"Vocab(size={len(self)}, specials={self.has_specials})"
+        extra = f", trained={self.trained_size}" if self.is_extended else ""
+        return f"Vocab(size={len(self)}, specials={self.has_specials}{extra})"

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from seqmodels.data.chars import SpelledWords
-from seqmodels.data.vocab import PAD_ID, UNK_ID
+from seqmodels.data.vocab import PAD_ID
 from seqmodels.models.encoder import RNNEncoder
 
 
@@ -42,22 +42,3 @@ class CharWordEncoder(nn.Module):
         parts.append(self.embedding.weight.new_zeros(1, self.get_output_dim()))  # padding's row
         vectors = torch.cat(parts)[words.index]  # (U + 1, D) -> (B, T, D)
         return vectors * mask.unsqueeze(2).to(vectors.dtype)
-
-
-def word_vectors(embedding: nn.Embedding, char_encoder: CharWordEncoder | None, tokens: Tensor,
-                 mask: Tensor, chars: SpelledWords | Tensor | None,
-                 word_dropout: float = 0.0) -> Tensor:
-    """(B, T) word ids -> (B, T, E) embeddings, with each word's (B, T, C) character vector
-    concatenated when there is a character encoder (``chars``: the batch's ``SpelledWords``,
-    or (B, T, W) character ids). ``word_dropout`` (pass 0 outside training) replaces that
-    share of the real words (``mask``) by ``<unk>``; their characters stay, so the ``<unk>``
-    vector and the character features learn to stand in for unseen words."""
-    if word_dropout > 0:
-        dropped = torch.rand(tokens.shape, device=tokens.device) < word_dropout
-        tokens = tokens.masked_fill(dropped & mask, UNK_ID)
-    vectors = embedding(tokens)
-    if char_encoder is None:
-        return vectors
-    if chars is None:
-        raise ValueError("this model uses character features: pass the batch's chars")
-    return torch.cat([vectors, char_encoder(chars, mask)], dim=2)

@@ -12,7 +12,7 @@ from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.adversarial import adversarial_loss
 from seqmodels.models.base import SequenceModule
-from seqmodels.models.char_features import CharWordEncoder, word_vectors
+from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder
 
 POOLINGS = ("final", "max", "mean")
@@ -21,9 +21,14 @@ POOLINGS = ("final", "max", "mean")
 class SentimentClassifier(SequenceModule):
     """Embedding -> encoder -> pooled sentence vector -> dropout -> linear -> softmax.
 
-    :param vocab_size, num_classes: read from the datamodule's vocabularies.
+    :param vocab_size, trained_vocab_size, num_classes: read from the datamodule's
+        vocabularies (``trained_vocab_size``: the training split's words, the others were
+        added from a vectors file).
     :param encoder: keyword arguments of ``RNNEncoder`` (its input size is ``embedding_dim``,
         plus the character features' size).
+    :param embeddings: pretrained word vectors: ``path`` (a GloVe or word2vec text file;
+        null: none), ``freeze``, and ``extra_words`` (read by seqmodels-train: how many of the
+        file's other words join the vocabulary); see ``models/embeddings.py``.
     :param chars: keyword arguments of ``CharWordEncoder``: a vector per word from its
         characters, concatenated to its embedding, for the words training never saw (their
         embedding is ``<unk>``'s); needs ``data.char_features=true`` (which gives ``num_chars``).
@@ -49,6 +54,8 @@ class SentimentClassifier(SequenceModule):
         num_classes: int,
         encoder: dict,
         embedding_dim: int = 300,
+        embeddings: dict | None = None,
+        trained_vocab_size: int | None = None,
         chars: dict | None = None,
         num_chars: int | None = None,
         pooling: str = "final",
@@ -73,6 +80,7 @@ class SentimentClassifier(SequenceModule):
             raise ConfigError(f"model.adversarial_epsilon must be >= 0, got {adversarial_epsilon}")
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
+        embeddings = dict(embeddings or {})
         if chars is not None and not num_chars:
             raise ConfigError("model.chars (character features) needs the data to spell words "
                               "out: set data.char_features=true")
@@ -81,12 +89,12 @@ class SentimentClassifier(SequenceModule):
         self.word_dropout = word_dropout
         self.label_smoothing = label_smoothing
         self.adversarial_epsilon = adversarial_epsilon
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID,
-                                      sparse=sparse_embeddings)
-        self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
-        char_dim = 0 if self.char_encoder is None else self.char_encoder.get_output_dim()
+        self.embeddings = WordEmbeddings(
+            vocab_size, embedding_dim, trained_vocab_size, pretrained=bool(embeddings.get("path")),
+            freeze=embeddings.get("freeze", False), chars=chars, num_chars=num_chars,
+            sparse=sparse_embeddings)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=embedding_dim + char_dim, **encoder)
+        self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.encoder.get_output_dim(), num_classes)
 
@@ -109,8 +117,7 @@ class SentimentClassifier(SequenceModule):
     def word_vectors(self, tokens: Tensor, real: Tensor,
                      chars: SpelledWords | Tensor | None) -> Tensor:
         """(B, T) token ids and their (B, T) real-token mask -> (B, T, E[+C]) word vectors."""
-        return word_vectors(self.embedding, self.char_encoder, tokens, real, chars,
-                            self.word_dropout if self.training else 0.0)
+        return self.embeddings(tokens, real, chars, self.word_dropout if self.training else 0.0)
 
     def classify(self, vectors: Tensor, real: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, E[+C]) word vectors -> (B, num_classes) logits."""

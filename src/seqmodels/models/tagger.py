@@ -9,7 +9,6 @@ word-only tagger has nothing but the ``<unk>`` vector to go on, are where they h
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +23,12 @@ from torchmetrics.classification import (
 
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.chars import SpelledWords
-from seqmodels.data.vocab import PAD_ID, UNK_ID
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
-from seqmodels.models.char_features import CharWordEncoder, word_vectors
+from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.span_metrics import SpanF1, check_scheme
 from seqmodels.models.tag_metrics import SubsetAccuracy, tag_report
-from seqmodels.models.word_vectors import read_word_vectors
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +36,15 @@ log = logging.getLogger(__name__)
 class SequenceTagger(SequenceModule):
     """Embedding (+ char features) -> encoder -> dropout -> linear per step -> softmax.
 
-    :param vocab_size, num_chars, tags: read from the datamodule's vocabularies.
+    :param vocab_size, trained_vocab_size, num_chars, tags: read from the datamodule's
+        vocabularies (``trained_vocab_size``: the training split's words, the others were
+        added from a vectors file).
     :param encoder: keyword arguments of ``RNNEncoder`` (its input size is the word vector size
         plus the character feature size).
     :param embedding_dim: word vector size.
-    :param embeddings: optional pretrained word vectors: ``path`` (a GloVe or word2vec text
-        file; null: none) and ``freeze``. Words missing from the file keep their random start.
+    :param embeddings: pretrained word vectors: ``path`` (a GloVe or word2vec text file;
+        null: none), ``freeze``, and ``extra_words`` (read by seqmodels-train: how many of the
+        file's other words join the vocabulary); see ``models/embeddings.py``.
     :param chars: character features (``embedding_dim``, ``hidden_size``, ``cell`` of the
         char RNN), or null for words only.
     :param word_dropout: in training, replace this share of word ids with ``<unk>`` so that the
@@ -55,8 +55,9 @@ class SequenceTagger(SequenceModule):
         null for tag sets without spans (POS).
 
     Metrics skip padding: ``acc`` (token accuracy), ``f1`` (macro over tags) and ``oov_acc``:
-    accuracy on tokens whose word is not in the word vocabulary (id ``<unk>``). With the default
-    ``data.min_freq=1`` those are exactly the tokens never seen in training.
+    accuracy on tokens whose word the training split's vocabulary lacks (``<unk>``, or a word
+    added from the vectors file). With the default ``data.min_freq=1`` those are exactly the
+    tokens never seen in training, with or without pretrained vectors.
     """
 
     task = "tagging"
@@ -69,6 +70,7 @@ class SequenceTagger(SequenceModule):
         encoder: dict,
         embedding_dim: int = 100,
         embeddings: dict | None = None,
+        trained_vocab_size: int | None = None,
         chars: dict | None = None,
         word_dropout: float = 0.0,
         embedding_dropout: float = 0.0,
@@ -89,19 +91,14 @@ class SequenceTagger(SequenceModule):
         if span_scheme is not None:
             check_scheme(tags, span_scheme)
         embeddings = dict(embeddings or {})
-        if embeddings.get("freeze") and not embeddings.get("path"):
-            raise ConfigError("model.embeddings.freeze=true needs model.embeddings.path: frozen "
-                              "random vectors cannot learn anything")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.tags = tags
         self.word_dropout = word_dropout
-        self.pretrained_path = embeddings.get("path")
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.embedding.weight.requires_grad = not embeddings.get("freeze", False)
-        self.char_encoder = None if chars is None else CharWordEncoder(num_chars, **chars)
-        char_dim = 0 if self.char_encoder is None else self.char_encoder.get_output_dim()
+        self.embeddings = WordEmbeddings(
+            vocab_size, embedding_dim, trained_vocab_size, pretrained=bool(embeddings.get("path")),
+            freeze=embeddings.get("freeze", False), chars=chars, num_chars=num_chars)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=embedding_dim + char_dim, **encoder)
+        self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(self.encoder.get_output_dim(), len(tags))
 
@@ -129,29 +126,10 @@ class SequenceTagger(SequenceModule):
         ids) -> (B, T, num_tags) logits."""
         steps = torch.arange(tokens.size(1), device=tokens.device)
         mask = steps < lengths.to(tokens.device, non_blocking=True).unsqueeze(1)  # (B, T): real
-        vectors = word_vectors(self.embedding, self.char_encoder, tokens, mask, chars,
-                               self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
+        vectors = self.embeddings(tokens, mask, chars,
+                                  self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
         encoded = self.encoder(self.embedding_dropout(vectors), lengths).outputs  # (B, T, H)
         return self.output(self.dropout(encoded))
-
-    def setup(self, stage: str) -> None:
-        # Pretrained vectors need the word vocabulary, which the model receives after it is
-        # built; a resumed run's checkpoint is restored after this and overwrites them.
-        if stage == "fit" and self.pretrained_path:
-            self.load_pretrained(self.pretrained_path)
-
-    def load_pretrained(self, path: str | Path) -> None:
-        vocab = self.vocabs.get("tokens")
-        if vocab is None or len(vocab) != self.embedding.num_embeddings:
-            raise ConfigError("pretrained vectors need the word vocabulary the model was sized "
-                              "with (model.vocabs['tokens'])")
-        vectors, found = read_word_vectors(path, vocab, self.embedding.embedding_dim)
-        with torch.no_grad():
-            self.embedding.weight[found] = vectors[found].to(self.embedding.weight)
-        words = len(vocab) - 2
-        share = int(found.sum()) / max(words, 1)
-        log.info("pretrained vectors from %s: %d of %d vocabulary words found (%.1f%%); the "
-                 "others start random", path, int(found.sum()), words, 100 * share)
 
     # -- steps --------------------------------------------------------------------------------
     def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -181,7 +159,7 @@ class SequenceTagger(SequenceModule):
         preds = logits.argmax(dim=2)  # (B, T)
         loss_metric(loss, weight=self._num_tokens(batch))
         metrics.update(preds, batch.targets)
-        oov.update(preds, batch.targets, batch.tokens == UNK_ID)
+        oov.update(preds, batch.targets, self.embeddings.unseen(batch.tokens))
         return preds
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
