@@ -1,5 +1,7 @@
 """The shared encoder against references: the Elman equations by hand, torch's own multi-layer
-RNN modules, and each sequence run alone (padding must never change a result)."""
+RNN modules (for minGRU and minLSTM: a step-by-step loop of their equations,
+tests/test_parallel_cells.py), and each sequence run alone (padding must never change a
+result)."""
 
 import itertools
 
@@ -9,8 +11,11 @@ from torch import nn
 
 from seqmodels.errors import ConfigError
 from seqmodels.models.encoder import RNNEncoder, reverse_within_length
+from tests.test_parallel_cells import PARALLEL
+from tests.test_parallel_cells import reference as loop_reference
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+ALL_CELLS = [*CELLS, *PARALLEL]
 
 
 def test_elman_outputs_follow_the_equations_by_hand():
@@ -61,6 +66,16 @@ def _copy_into_torch_rnn(encoder: RNNEncoder) -> nn.RNNBase:
     return reference.eval()
 
 
+def _reference(encoder: RNNEncoder, x):
+    """One unpadded sequence by a reference: top-layer outputs (both directions concatenated)
+    and the (layers * directions, 1, H) final h (and c for an LSTM, else None)."""
+    if encoder.cell in PARALLEL:
+        outputs, h = loop_reference(encoder, x)
+        return torch.cat(outputs, dim=2), h, None
+    out, state = _copy_into_torch_rnn(encoder)(x)
+    return (out, *state) if encoder.cell == "lstm" else (out, state, None)
+
+
 def _merge(forward, backward, combine):
     return {"concat": torch.cat([forward, backward], -1), "sum": forward + backward,
             "mul": forward * backward}[combine]
@@ -70,9 +85,9 @@ def _merge(forward, backward, combine):
 SETTINGS = [
     (cell, layers, bidirectional, combine, strategy)
     for cell, layers, bidirectional, combine, strategy in itertools.product(
-        ["rnn", "lstm", "gru"], [1, 2], [False, True], ["concat", "sum", "mul"],
-        ["padded", "packed"])
-    if bidirectional or combine == "concat"
+        ALL_CELLS, [1, 2], [False, True], ["concat", "sum", "mul"], ["padded", "packed"])
+    # combine only applies where there are two directions; the parallel cells have one path
+    if (bidirectional or combine == "concat") and (cell in CELLS or strategy == "padded")
 ]
 # Every equivalence test runs on the CPU and, where there is one, on a CUDA GPU (cuDNN).
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
@@ -85,7 +100,6 @@ def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirec
                                                             strategy, device):
     encoder = RNNEncoder(6, 5, cell=cell, num_layers=layers, bidirectional=bidirectional,
                          combine=combine, variable_length=strategy).to(device).eval()
-    reference = _copy_into_torch_rnn(encoder)
     lengths = torch.tensor([3, 7, 1, 5])  # unsorted, with a length-1 row; on the CPU
     x = torch.randn(4, 7, 6)
     x[torch.arange(7) >= lengths.unsqueeze(1)] = 99.0  # padding that would show if it leaked
@@ -94,8 +108,7 @@ def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirec
     assert out.outputs.shape == (4, 7, encoder.get_output_dim())
     for i, length in enumerate(lengths.tolist()):
         alone = encoder(x[i : i + 1, :length], torch.tensor([length]))
-        ref_out, ref_state = reference(x[i : i + 1, :length])
-        ref_h = ref_state[0] if cell == "lstm" else ref_state  # (layers * dirs, 1, H)
+        ref_out, ref_h, ref_c = _reference(encoder, x[i : i + 1, :length])  # (L * dirs, 1, H)
         if bidirectional:
             H = encoder.hidden_size
             ref_out = _merge(ref_out[..., :H], ref_out[..., H:], combine)
@@ -107,15 +120,15 @@ def test_padded_batch_equals_each_sequence_alone_and_torch(cell, layers, bidirec
         assert torch.all(out.outputs[i, length:] == 0)
         torch.testing.assert_close(out.final[i], ref_final[0])
         torch.testing.assert_close(out.final[i], alone.final[0])
-        if strategy == "packed":
+        if strategy == "packed" or cell in PARALLEL:  # the state is exact
             state_h = out.state[0] if cell == "lstm" else out.state
             torch.testing.assert_close(state_h[:, i], ref_h[:, 0])
         if strategy == "packed" and cell == "lstm":
-            torch.testing.assert_close(out.state[1][:, i], ref_state[1][:, 0])
+            torch.testing.assert_close(out.state[1][:, i], ref_c[:, 0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_strategies_agree_in_gradients(cell, device):
     torch.manual_seed(1)
     padded = RNNEncoder(4, 3, cell=cell, num_layers=2, bidirectional=True,
@@ -132,15 +145,19 @@ def test_strategies_agree_in_gradients(cell, device):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+@pytest.mark.parametrize("cell", ["lstm", *PARALLEL])
 @pytest.mark.parametrize("strategy", ["padded", "packed"])
-def test_state_carries_across_calls_like_one_long_call(strategy):
-    encoder = RNNEncoder(4, 3, cell="lstm", num_layers=2, variable_length=strategy).eval()
+def test_state_carries_across_calls_like_one_long_call(strategy, cell):
+    encoder = RNNEncoder(4, 3, cell=cell, num_layers=2, variable_length=strategy).eval()
     x = torch.randn(2, 8, 4)
     whole = encoder(x)  # no lengths: every row is full length, the state is exact
     first = encoder(x[:, :5])
     second = encoder(x[:, 5:], state=first.state)
     torch.testing.assert_close(torch.cat([first.outputs, second.outputs], 1), whole.outputs)
-    torch.testing.assert_close(second.state[1], whole.state[1])
+    if cell == "lstm":
+        torch.testing.assert_close(second.state[1], whole.state[1])
+    else:
+        torch.testing.assert_close(second.state, whole.state)
 
 
 def test_auto_is_padded_on_the_cpu_and_packed_on_cuda():
@@ -174,11 +191,13 @@ def test_reverse_within_length_keeps_padding_in_place():
     assert out.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
 
 
-def test_output_dim_accounts_for_the_direction_merge():
-    assert RNNEncoder(3, 8, bidirectional=True, combine="concat").get_output_dim() == 16
-    assert RNNEncoder(3, 8, bidirectional=True, combine="sum").get_output_dim() == 8
-    assert RNNEncoder(3, 8, bidirectional=True, combine="mul").get_output_dim() == 8
-    assert RNNEncoder(3, 8).get_output_dim() == 8
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_output_dim_accounts_for_the_direction_merge(cell):
+    for combine, size in (("concat", 16), ("sum", 8), ("mul", 8)):
+        encoder = RNNEncoder(3, 8, cell=cell, bidirectional=True, combine=combine)
+        assert encoder.get_output_dim() == size
+        assert encoder(torch.randn(2, 4, 3), torch.tensor([4, 2])).outputs.size(2) == size
+    assert RNNEncoder(3, 8, cell=cell).get_output_dim() == 8
 
 
 @pytest.mark.parametrize("options,field", [
@@ -196,14 +215,25 @@ def test_invalid_options_are_refused_by_name(options, field):
         RNNEncoder(**{"input_size": 3, "hidden_size": 4, **options})
 
 
-def test_dropout_with_one_layer_warns():
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_dropout_with_one_layer_warns(cell):
     with pytest.warns(UserWarning, match="no effect with num_layers=1"):
-        RNNEncoder(3, 4, dropout=0.3)
+        RNNEncoder(3, 4, cell=cell, dropout=0.3)
 
 
-def test_lengths_of_the_wrong_shape_are_refused():
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_dropout_acts_between_layers_in_training_only(cell):
+    encoder = RNNEncoder(3, 4, cell=cell, num_layers=2, dropout=0.5)
+    x = torch.randn(2, 5, 3)
+    assert not torch.equal(encoder(x).outputs, encoder(x).outputs)  # two masks
+    encoder.eval()
+    torch.testing.assert_close(encoder(x).outputs, encoder(x).outputs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_lengths_of_the_wrong_shape_are_refused(cell):
     # Values are the batch's to get right (the collate counts them): checking them here would
     # read them back from the device on every call.
-    encoder = RNNEncoder(3, 4)
+    encoder = RNNEncoder(3, 4, cell=cell)
     with pytest.raises(ValueError, match="lengths must have shape"):
         encoder(torch.randn(2, 4, 3), torch.tensor([4, 4, 4]))

@@ -29,7 +29,7 @@ def sentiment(cell="lstm", hidden=6, layers=2, bidirectional=True, combine="conc
 
 
 def rnn_blocks(model):
-    return [b for b in describe(model) if re.search(r": (RNN|LSTM|GRU),", b.title)]
+    return [b for b in describe(model) if re.search(r": (RNN|LSTM|GRU|minGRU|minLSTM),", b.title)]
 
 
 def row(block, symbol):
@@ -46,6 +46,9 @@ MODELS = {
                                                                    "hidden_size": 3}),
     "charlm": lambda: CharLanguageModel(9, {"cell": "gru", "hidden_size": 4, "num_layers": 2},
                                         embedding_dim=3),
+    "minlstm-2-bi": lambda: sentiment("minlstm"),
+    "charlm-mingru": lambda: CharLanguageModel(9, {"cell": "mingru", "hidden_size": 4,
+                                                   "num_layers": 2}, embedding_dim=3),
     "raw-torch-lstm": lambda: nn.Sequential(nn.Embedding(7, 3),
                                             nn.LSTM(3, 4, num_layers=2, bidirectional=True)),
     "tied-weights": lambda: tied(nn.Embedding(7, 3), nn.Linear(3, 7)),
@@ -137,6 +140,29 @@ def test_gru_gates_and_raw_torch_bidirectional_layers():
                                                    "1 layer 2, forward", "1 layer 2, backward"]
     assert row(raw[3], "W_i").tensor == "weight_ih_l1_reverse[0:4]"
     assert row(raw[3], "W_i").shape == "4 × 8"
+
+
+@pytest.mark.parametrize("cell,gates", [("mingru", "zh"), ("minlstm", "fih")])
+def test_parallel_cells_show_their_equations_and_gate_weights(cell, gates):
+    """No h-to-h weights: a (W, b) per gate of shape (H, I) and (H,), G·H·(I+1) a layer."""
+    hidden = 6
+    blocks = rnn_blocks(sentiment(cell, hidden=hidden))
+    assert [b.title.split(":")[0] for b in blocks] == [
+        "encoder layer 1, forward", "encoder layer 1, backward",
+        "encoder layer 2, forward", "encoder layer 2, backward"]
+    for block, inputs in zip(blocks, (5, 5, 2 * hidden, 2 * hidden)):
+        assert [r.symbol for r in block.rows] == [f"{m}_{g}" for g in gates for m in "Wb"]
+        assert row(block, "W_h").shape == f"{hidden} × {inputs}"
+        assert row(block, "W_h").tensor.endswith(f"[{(len(gates) - 1) * hidden}:"
+                                                  f"{len(gates) * hidden}]")
+        assert block.count == len(gates) * hidden * (inputs + 1)
+        assert f"{len(gates)}·H·(I+1) = {len(gates)}·{hidden}·({inputs}+1)" in block.formula
+    name = {"mingru": "minGRU", "minlstm": "minLSTM"}[cell]
+    assert f": {name}, I=5 → H=6" in blocks[0].title
+    update = ("h_t = (1 - z_t) ⊙ h_(t-1) + z_t ⊙ h̃_t" if cell == "mingru"
+              else "h_t = f'_t ⊙ h_(t-1) + i'_t ⊙ h̃_t")
+    assert any(e.startswith(update) for e in blocks[0].equations)
+    assert blocks[1].equations == []  # each set of equations once
 
 
 # -- from a checkpoint, and on the command line -------------------------------------------------

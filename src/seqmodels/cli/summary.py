@@ -10,6 +10,9 @@ Torch stores a recurrent layer's gates stacked: ``weight_ih`` is (G*H, I) and ``
 vectors per gate (``bias_ih`` and ``bias_hh``) where the equations have one. So a layer has
 G*(H*(I+H) + 2H) parameters. Every row printed is a slice of a real tensor, and each layer's
 formula is checked against them.
+
+minGRU and minLSTM (``parallel_cells``) have no ``weight_hh``: their G = 2 (z, h̃) or 3 (f, i, h̃)
+gates read x_t only, with one bias each, so a layer has G*H*(I+1) parameters.
 """
 
 import sys
@@ -29,6 +32,7 @@ from seqmodels.cli.train import build_data_and_model
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.errors import ConfigError
 from seqmodels.models.encoder import RNNEncoder
+from seqmodels.models.parallel_cells import PARALLEL_CELLS, MinRNN
 
 FORMATS = ("text", "markdown")
 GATES = {"RNN": ("",), "GRU": ("r", "z", "n"), "LSTM": ("i", "f", "g", "o")}
@@ -43,6 +47,17 @@ EQUATIONS = {
              "g_t = tanh(W_g x_t + U_g h_(t-1) + b_g)             candidate",
              "o_t = σ(W_o x_t + U_o h_(t-1) + b_o)                output gate",
              "c_t = f_t ⊙ c_(t-1) + i_t ⊙ g_t,   h_t = o_t ⊙ tanh(c_t)"],
+}
+PARALLEL_NAMES = {"mingru": "minGRU", "minlstm": "minLSTM"}
+CANDIDATE = "h̃_t = g(W_h x_t + b_h),   g(v) = v + 0.5 (v ≥ 0), σ(v) (v < 0)   positive candidate"
+EQUATIONS |= {
+    "minGRU": ["z_t = σ(W_z x_t + b_z)                             update gate: x_t only",
+               CANDIDATE,
+               "h_t = (1 - z_t) ⊙ h_(t-1) + z_t ⊙ h̃_t              linear in h: a parallel scan"],
+    "minLSTM": ["f_t = σ(W_f x_t + b_f),   i_t = σ(W_i x_t + b_i)   forget, input gates: x_t only",
+                CANDIDATE,
+                "f'_t = f_t / (f_t + i_t),   i'_t = i_t / (f_t + i_t)",
+                "h_t = f'_t ⊙ h_(t-1) + i'_t ⊙ h̃_t                 linear in h: a parallel scan"],
 }
 BIAS_NOTE = ("torch keeps two bias vectors per gate (bias_ih, bias_hh) where the equations have "
              "one: 2H per gate")
@@ -123,6 +138,33 @@ def rnn_blocks(module: str, path: str, title: str, rnn: nn.RNNBase,
     return blocks
 
 
+def parallel_blocks(module: str, path: str, title: str, rnn: MinRNN) -> list[Block]:
+    """A block per layer and direction of a minGRU / minLSTM stack: one (W, b) per gate."""
+    cell, gates, hidden = PARALLEL_NAMES[rnn.mode], PARALLEL_CELLS[rnn.mode], rnn.hidden_size
+    blocks = []
+    for layer in range(rnn.num_layers):
+        for direction in range(2 if rnn.bidirectional else 1):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            w, b = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "bias_ih" + suffix)
+            where = f"{title} layer {layer + 1}"
+            if rnn.bidirectional:
+                where += ", backward" if direction else ", forward"
+            block = Block(module, f"{where}: {cell}, I={w.size(1)} → H={hidden}   ({path})",
+                          list(EQUATIONS[cell]))
+            for index, gate in enumerate(gates):
+                rows = slice(index * hidden, (index + 1) * hidden)
+                part = f"[{rows.start}:{rows.stop}]"
+                block.rows.append(Row(f"W_{gate}", f"weight_ih{suffix}{part}",
+                                      dims(*w[rows].shape), w[rows].numel()))
+                block.rows.append(Row(f"b_{gate}", f"bias_ih{suffix}{part}", dims(hidden),
+                                      b[rows].numel()))
+            i, g = w.size(1), len(gates)
+            block.formula = checked(f"{g}·H·(I+1) = {g}·{hidden}·({i}+1)", g * hidden * (i + 1),
+                                    block)
+            blocks.append(block)
+    return blocks
+
+
 def rnn_formula(block: Block, gates: int, h: int, i: int, bias: bool) -> str:
     symbols, numbers = "H·(I+H)", f"{h}·({i}+{h})"
     if bias:
@@ -183,6 +225,8 @@ def describe(model: nn.Module) -> list[Block]:
         elif isinstance(module, nn.RNNBase):
             title, place = places.get(id(module), (path, None))
             blocks.extend(rnn_blocks(top, path, title, module, place))
+        elif isinstance(module, MinRNN):
+            blocks.extend(parallel_blocks(top, path, places.get(id(module), (path,))[0], module))
         elif isinstance(module, nn.Embedding):
             blocks.append(embedding_block(top, path, module))
         elif isinstance(module, nn.Linear):

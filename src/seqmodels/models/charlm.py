@@ -74,7 +74,7 @@ class CharLanguageModel(SequenceModule):
             raise ConfigError(
                 "model.encoder.bidirectional=true: a language model must not see the characters "
                 "it predicts, and a backward direction reads them; use a unidirectional encoder "
-                "(model/encoder=lstm, gru or rnn)"
+                "(model/encoder=lstm, gru, rnn, mingru or minlstm)"
             )
         for name, p in (("embedding_dropout", embedding_dropout), ("dropout", dropout)):
             if not 0.0 <= p < 1.0:

@@ -18,6 +18,11 @@ serves two strategies with identical results (tested):
 
 Lengths may live on the CPU (where packing needs them); they go to the device once per call,
 and masks are built there, so the padded path reads nothing back from the device.
+
+The parallel cells ``mingru`` and ``minlstm`` (``seqmodels.models.parallel_cells``) have gates
+that do not read h, so each layer-direction is one scan over the whole sequence. They always take
+the padded path (``variable_length`` changes nothing for them); their carried state is exact with
+variable lengths too.
 """
 
 import warnings
@@ -29,15 +34,17 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqmodels.errors import ConfigError
+from seqmodels.models.parallel_cells import PARALLEL_CELLS, MinRNN
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}  # torch's own; then the parallel ones
+CELL_NAMES = (*CELLS, *PARALLEL_CELLS)
 COMBINE_MODES = ("concat", "sum", "mul")
 VARIABLE_LENGTH_STRATEGIES = ("auto", "padded", "packed")
 NONLINEARITIES = ("tanh", "relu")
 WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-# An RNN/GRU state is one tensor; an LSTM state is (h, c). Each is (num_layers * directions, B, H)
-# in torch's layout: index layer * directions + direction.
+# An RNN/GRU/minGRU/minLSTM state is one tensor; an LSTM state is (h, c). Each is
+# (num_layers * directions, B, H) in torch's layout: index layer * directions + direction.
 State = Tensor | tuple[Tensor, Tensor]
 
 
@@ -74,11 +81,12 @@ def step_at(x: Tensor, positions: Tensor) -> Tensor:
 
 
 class RNNEncoder(nn.Module):
-    """Elman RNN, LSTM or GRU; one layer or stacked; uni- or bidirectional.
+    """Elman RNN, LSTM, GRU, minGRU or minLSTM; one layer or stacked; uni- or bidirectional.
 
     :param input_size: features per input step.
     :param hidden_size: units per direction and layer.
-    :param cell: ``rnn`` (Elman: h_t = g(W x_t + U h_{t-1} + b)), ``lstm`` or ``gru``.
+    :param cell: ``rnn`` (Elman: h_t = g(W x_t + U h_{t-1} + b)), ``lstm``, ``gru``, or the
+        parallel ``mingru`` and ``minlstm`` (Feng et al. 2024; ``parallel_cells``).
     :param num_layers: stacked layers; layer k+1 reads layer k's outputs (both directions
         concatenated, as torch does).
     :param bidirectional: add a backward direction in every layer.
@@ -112,11 +120,15 @@ class RNNEncoder(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.combine = combine
         self.variable_length = variable_length
+        self.dropout = nn.Dropout(dropout)
+        if cell in PARALLEL_CELLS:
+            self.rnn = MinRNN(cell, input_size, hidden_size, num_layers, bidirectional)
+            self._templates = ()
+            return
         extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers,
                                bidirectional=bidirectional, batch_first=True,
                                dropout=dropout if num_layers > 1 else 0.0, **extra)
-        self.dropout = nn.Dropout(dropout)
         # One-layer, one-direction modules without weights of their own (meta): the padded
         # path calls them with one layer-direction of ``self.rnn``. A tuple, so that they are
         # not submodules (no parameters, not moved by ``.to``).
@@ -133,18 +145,25 @@ class RNNEncoder(nn.Module):
 
     def layer_weights(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """One layer-direction's parameters, named as in a one-layer torch RNN
-        (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``)."""
+        (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``; the parallel cells
+        have no ``weight_hh``/``bias_hh``)."""
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return {f"{name}_l0": getattr(self.rnn, name + suffix) for name in WEIGHT_NAMES}
+        return {f"{name}_l0": getattr(self.rnn, name + suffix) for name in WEIGHT_NAMES
+                if hasattr(self.rnn, name + suffix)}
 
-    def run_layer(self, layer: int, direction: int, seq: Tensor,
-                  initial: State | None = None) -> tuple[Tensor, State]:
+    def run_layer(self, layer: int, direction: int, seq: Tensor, initial: State | None = None,
+                  lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """One layer-direction over (B, T, I) ``seq`` (already reversed for direction 1), as a
-        one-layer torch RNN would: (B, T, H) outputs and its final state."""
+        one-layer torch RNN would: (B, T, H) outputs and its final state. ``lengths`` (on the
+        device) let a parallel cell hold its state at padding; torch's cells run on past it."""
+        if self.cell in PARALLEL_CELLS:
+            return self.rnn.run_layer(layer, direction, seq, initial, lengths)
         template = self._templates[min(layer, 1)]
         return functional_call(template, self.layer_weights(layer, direction), (seq, initial))
 
     def strategy(self, x: Tensor) -> str:
+        if self.cell in PARALLEL_CELLS:
+            return "padded"  # one scan per layer-direction; nothing to pack
         if self.variable_length == "auto":
             return "packed" if x.is_cuda else "padded"
         return self.variable_length
@@ -193,7 +212,7 @@ class RNNEncoder(nn.Module):
                 seq = layer_input
                 if backward:
                     seq = seq.flip(1) if full_length else reverse_within_length(seq, lengths)
-                out, final = self.run_layer(layer, direction, seq, initial)
+                out, final = self.run_layer(layer, direction, seq, initial, lengths)
                 h, c = final if isinstance(final, tuple) else (final, None)
                 h, c = h[0], None if c is None else c[0]
                 if not full_length:
@@ -246,8 +265,8 @@ def _select(state: State | None, index: int):
 def _check_options(input_size, hidden_size, cell, num_layers, combine, dropout, nonlinearity,
                    variable_length) -> None:
     """Refuse impossible settings by name, before any tensor is built."""
-    if cell not in CELLS:
-        raise ConfigError(f"model.encoder.cell={cell!r} is not one of {sorted(CELLS)}")
+    if cell not in CELL_NAMES:
+        raise ConfigError(f"model.encoder.cell={cell!r} is not one of {list(CELL_NAMES)}")
     if combine not in COMBINE_MODES:
         raise ConfigError(f"model.encoder.combine={combine!r} is not one of {list(COMBINE_MODES)}")
     if variable_length not in VARIABLE_LENGTH_STRATEGIES:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from seqmodels.errors import ConfigError
+from seqmodels.models.parallel_cells import PARALLEL_CELLS
 
 if TYPE_CHECKING:
     from seqmodels.models.charlm import CharLanguageModel
@@ -84,7 +85,27 @@ class FusedLSTMStepper(RecurrentStepper):
         return torch.addmm(self.head_bias, h, self.head_weight)[0]  # (V,)
 
 
+class ParallelCellStepper(RecurrentStepper):
+    """minGRU / minLSTM one step at a time: the cells' own update (``MinRNN.step``), no scan.
+    Their gates read only x_t, so layer 0's gates are a table lookup (its input is one of V
+    embeddings), and a step is one matrix product per layer above it."""
+
+    def __init__(self, model: CharLanguageModel):  # no torch cells to build: not super()'s
+        self.model, self.lstm, self.state = model, False, []
+        self.rnn = model.encoder.rnn
+        with torch.no_grad():
+            self.first_gates = self.rnn.project(0, 0, model.embedding.weight)  # (V, G*H)
+
+    def step(self, char_id: int) -> Tensor:
+        x = self.state[0] = self.rnn.step(self.first_gates[char_id : char_id + 1], self.state[0])
+        for index in range(1, len(self.state)):
+            x = self.state[index] = self.rnn.step(self.rnn.project(index, 0, x), self.state[index])
+        return self.model.head(x)[0]  # (V,)
+
+
 def make_stepper(model: CharLanguageModel) -> RecurrentStepper:
+    if model.encoder.cell in PARALLEL_CELLS:
+        return ParallelCellStepper(model)
     return FusedLSTMStepper(model) if model.encoder.cell == "lstm" else RecurrentStepper(model)
 
 
