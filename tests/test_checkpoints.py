@@ -99,6 +99,15 @@ def test_eval_takes_the_training_data_from_the_checkpoint(user, tmp_path):
     message = result.stderr.strip().splitlines()[-1]
     assert "['0', '1']" in message and "['A', 'B', 'C', 'D', 'E', 'F']" in message, \
         result.stderr[-2000:]
+    # A checkpoint that records no data settings is refused in one line, not guessed at.
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    del checkpoint["seqmodels"]["data"]
+    torch.save(checkpoint, run / "checkpoints" / "no_data.ckpt")
+    result = run_cli("seqmodels.cli.eval", f"ckpt_path={run / 'checkpoints' / 'no_data.ckpt'}",
+                     f"hydra.run.dir={cwd / 'no_data'}", cwd=cwd, env=env)
+    assert result.returncode != 0
+    assert "records no data settings" in result.stderr.strip().splitlines()[-1], \
+        result.stderr[-2000:]
 
 
 def test_checkpoint_sizes_best_holds_the_weights_alone(user):

@@ -3,9 +3,8 @@
 The model, its hyperparameters and its vocabularies all come from the checkpoint, and so does
 the data: the training run's resolved data config (split paths, format, encoding, columns,
 lower-casing, val/test fractions and seed, so that a split carved from train is carved again
-the same), saved in the checkpoint, or for an older checkpoint the ``config_resolved.yaml`` of
-the run whose ``checkpoints/`` folder holds it. ``data.<key>=...`` on the command line changes
-one setting of it; ``data=<config>`` (or ``experiment=``) evaluates on that config instead.
+the same), saved in the checkpoint. ``data.<key>=...`` on the command line changes one setting
+of it; ``data=<config>`` (or ``experiment=``) evaluates on that config instead.
 Data whose labels (or tags) the checkpoint does not know is refused, naming both sets."""
 
 import importlib
@@ -21,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.errors import ConfigError
 from seqmodels.training.distributed import check_accelerator
-from seqmodels.training.runs import checkpoint_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +53,9 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def recorded_data_config(ckpt_path: str | Path, model) -> dict | None:
-    """The training run's resolved data config: in the checkpoint, else in the run directory."""
-    if getattr(model, "data_config", None):
-        return dict(model.data_config)
-    run = checkpoint_run_dir(str(ckpt_path))
-    config = None if run is None else run / "config_resolved.yaml"
-    if config is None or not config.is_file():
-        return None
-    data = OmegaConf.load(config).get("data")
-    return None if data is None else OmegaConf.to_container(data, resolve=True)
+def recorded_data_config(model) -> dict | None:
+    """The training run's resolved data config, as its checkpoint records it."""
+    return dict(model.data_config) if getattr(model, "data_config", None) else None
 
 
 def data_config(cfg: DictConfig, recorded: dict | None, overrides: list[str]) -> DictConfig:
@@ -72,11 +63,12 @@ def data_config(cfg: DictConfig, recorded: dict | None, overrides: list[str]) ->
     (their values as composed in ``cfg.data``), or ``cfg.data`` where the user chose a data
     config (``data=``, ``experiment=``) or the checkpoint records none."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    if recorded is None or any(k in ("data", "experiment") for k in keys):
-        if recorded is None:
-            log.warning("%s records no data config and lies in no run directory: evaluating on "
-                        "the data config (data=%s)", cfg.ckpt_path, cfg.data.get("dataset"))
+    if any(k in ("data", "experiment") for k in keys):
         return cfg.data
+    if recorded is None:
+        raise ConfigError(f"{cfg.ckpt_path} records no data settings: it predates checkpoints "
+                          "that save them, or was not written by seqmodels-train; name the data "
+                          "to evaluate on (data=<config> and its paths)")
     merged = OmegaConf.create(recorded)
     for key in keys:
         if key.startswith("data."):
@@ -111,7 +103,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         L.seed_everything(cfg.seed, workers=True)
     check_accelerator(cfg.trainer)
     model = load_model(cfg.ckpt_path)
-    data = data_config(cfg, recorded_data_config(cfg.ckpt_path, model), command_line_overrides())
+    data = data_config(cfg, recorded_data_config(model), command_line_overrides())
     datamodule = build(data)
     if datamodule.task != model.task:
         raise ConfigError(
