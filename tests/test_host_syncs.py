@@ -56,6 +56,11 @@ TASKS = {
                   "model.encoder.hidden_size=16", "data.batch_size=8"],
     "tagger with characters": ["experiment=ewt_upos", "model.embedding_dim=16",
                                "model.encoder.hidden_size=16", "data.batch_size=8"],
+    "sentiment with GloVe": ["experiment=sst2_bilstm", "model/embeddings=glove_6b_50d",
+                             "model.encoder.hidden_size=16", "data.batch_size=8"],
+    "tagger with frozen GloVe": ["experiment=ewt_upos", "model/embeddings=glove_6b_50d",
+                                 "model.embeddings.freeze=true", "model.encoder.hidden_size=16",
+                                 "data.batch_size=8"],
     "char LM": ["experiment=shakespeare_char", "model.embedding_dim=8",
                 "model.encoder.hidden_size=16", "data.batch_size=4", "data.bptt=16"],
 }
@@ -65,6 +70,7 @@ TASKS = {
 def test_a_training_step_that_does_not_log_reads_nothing_back(task, tmp_path, monkeypatch,
                                                               one_thread):
     monkeypatch.setenv("SEQMODELS_DATA_DIR", str(write_named_datasets(tmp_path / "data")))
+    monkeypatch.setenv("SEQMODELS_CACHE_DIR", str(tmp_path / "cache"))
     cfg = compose_config(tmp_path, [
         *TASKS[task], "trainer.max_epochs=1", "+trainer.limit_train_batches=12",
         "+trainer.limit_val_batches=1", f"trainer.log_every_n_steps={LOG_EVERY}", "test=false",
