@@ -235,3 +235,22 @@ def test_trained_with_vectors_a_checkpoint_predicts_unseen_words_without_the_fil
     else:
         tags = [model.tags[i] for i in logits.argmax(-1)[0].tolist()]
         assert predicted["tags"] == tags
+
+
+def test_the_summary_shows_the_pretrained_table_and_its_coverage(tmp_path):
+    from seqmodels.cli.summary import describe
+    from seqmodels.models.sentiment import SentimentClassifier
+
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
+    vocab = Vocab.build([["the", "dog", "emu"]]).extended(load_word_vectors(path).words)
+    model = SentimentClassifier(len(vocab), 2, {"hidden_size": 4}, embedding_dim=3,
+                                trained_vocab_size=vocab.trained_size,
+                                embeddings={"path": str(path), "freeze": True})
+    model.embeddings.load_pretrained(load_word_vectors(path), vocab)
+    blocks = describe(model)
+    (table,) = [b for b in blocks if "pretrained word vectors" in b.title]
+    assert "V=8 entries × D=3" in table.title  # <pad> <unk> the dog emu + paris cat zebra
+    assert "P covers 2 of the 3 training words (66.7%) and 3 more words" in table.equations[1]
+    assert "frozen" in table.equations[0] and table.count == 0  # a buffer, not a parameter
+    assert sum(b.count for b in blocks) == sum(p.numel() for p in model.parameters())

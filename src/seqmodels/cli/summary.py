@@ -31,6 +31,7 @@ from seqmodels.cli.eval import load_model
 from seqmodels.cli.train import build_data_and_model
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.errors import ConfigError
+from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.parallel_cells import PARALLEL_CELLS, MinRNN
 
@@ -184,6 +185,22 @@ def embedding_block(module: str, title: str, embedding: nn.Embedding) -> Block:
     return block
 
 
+def pretrained_block(module: str, title: str, embeddings: WordEmbeddings) -> Block:
+    """The fixed pretrained table: a buffer (counted as no parameter), and what it covers."""
+    words, dim = embeddings.pretrained.shape
+    trained = embeddings.trained_vocab_size
+    found = int(embeddings.found[:trained].sum())
+    how = "frozen" if embeddings.freeze else "fine-tuned"
+    block = Block(module, f"{title}: pretrained word vectors, V={words} entries × D={dim}",
+                  [f"x_t = P[w_t] + E[w_t]   (P fixed; E trained, {how}, zero for added words)",
+                   f"P covers {found:,} of the {trained - 2:,} training words "
+                   f"({100 * found / max(trained - 2, 1):.1f}%) and {words - trained:,} more "
+                   "words from the vectors file"])
+    block.rows.append(Row("P", "pretrained (a buffer, not trained)", dims(words, dim), 0))
+    block.formula = "0 (the vectors file's, saved with the model)"
+    return block
+
+
 def linear_block(module: str, title: str, linear: nn.Linear) -> Block:
     out, inputs = linear.weight.shape
     block = Block(module, f"{title}: hidden-to-output, H={inputs} → O={out}",
@@ -214,6 +231,8 @@ def describe(model: nn.Module) -> list[Block]:
         own = [(name, p) for name, p in params if id(p) not in seen]
         shared = [(name, p) for name, p in params if id(p) in seen]
         seen.update((id(p), f"{path}.{name}".lstrip(".")) for name, p in own)
+        if isinstance(module, WordEmbeddings) and module.pretrained is not None:
+            blocks.append(pretrained_block(path.split(".")[0], path, module))
         if not params:
             continue
         top = path.split(".")[0] or "(model)"
