@@ -74,13 +74,16 @@ def write_named_datasets(root: Path) -> Path:
 UNSEEN_WITH_VECTORS = ["superb", "dreadful", "cat"]
 
 
-def write_glove(path: Path, dim: int, seed: int = 0) -> Path:
-    """A GloVe-format vectors file (gzipped when ``path`` ends in .gz) for the tiny datasets'
-    words, lower-cased, and a few words they never use."""
+def write_glove(path: Path, dim: int, seed: int = 0, word2vec_header: bool = False) -> Path:
+    """A GloVe-format vectors file (gzipped when ``path`` ends in .gz; with word2vec's
+    ``count dim`` first line if asked) for the tiny datasets' words, lower-cased, and a few
+    words they never use."""
     rng = random.Random(seed)
     words = dict.fromkeys(w.lower() for w in POSITIVE + NEGATIVE + FILLER
                           + [word for word, _, _ in LEXICON] + UNSEEN_WITH_VECTORS)
     lines = [w + " " + " ".join(f"{rng.uniform(-1, 1):.4f}" for _ in range(dim)) for w in words]
+    if word2vec_header:
+        lines.insert(0, f"{len(words)} {dim}")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = ("\n".join(lines) + "\n").encode("utf-8")
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
@@ -109,6 +112,7 @@ def write_own_files(folder: Path) -> None:
     (folder / "my_corpus").mkdir(parents=True, exist_ok=True)
     (folder / "my_corpus" / "a.txt").write_text(shakespeare_text(60_000, 1), encoding="utf-8")
     (folder / "my_corpus" / "b.txt").write_text(shakespeare_text(60_000, 2), encoding="utf-8")
+    write_glove(my / "vectors.vec", 100, word2vec_header=True)  # fastText's .vec layout
     write_lines(folder / "reviews.txt", ["a gripping , funny film", "", "a dull , flat plot"])
     write_lines(folder / "sentences.txt", ["the dog runs .", "a film sees quickly ."])
     write_lines(folder / "test.conllu", conllu(tagged_sentences(5, 8)))
