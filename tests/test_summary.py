@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from seqmodels.cli.summary import describe, summarize
+from seqmodels.cli.summary import summarize
 from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import ConfigError
+from seqmodels.models.anatomy import describe
 from seqmodels.models.charlm import CharLanguageModel
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.models.tagger import SequenceTagger

@@ -238,7 +238,7 @@ def test_trained_with_vectors_a_checkpoint_predicts_unseen_words_without_the_fil
 
 
 def test_the_summary_shows_the_pretrained_table_and_its_coverage(tmp_path):
-    from seqmodels.cli.summary import describe
+    from seqmodels.models.anatomy import describe
     from seqmodels.models.sentiment import SentimentClassifier
 
     path = tmp_path / "glove.txt"
