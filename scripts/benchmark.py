@@ -903,7 +903,10 @@ Produced by `scripts/benchmark.py` (`make bench`, about 15 minutes); each sectio
 command that made it, and one section can be rerun alone (`make bench ARGS="--sections
 generation"`) without touching the others. Section 2b trains whole runs over several seeds
 (`scripts/bench_full_runs.py`, about an hour). GPU figures (bf16, cuDNN) are in
-[benchmarks_gpu.md](benchmarks_gpu.md).
+[benchmarks_gpu.md](benchmarks_gpu.md). minGRU / minLSTM vs LSTM:
+[parallel_cells.md](parallel_cells.md) (`scripts/bench_parallel_cells.py`). Reading pretrained
+word vectors, first time and cached: [results.md](results.md#pretrained-word-vectors-glove-6b-50d)
+(`scripts/bench_word_vectors.py`).
 
 How to read them: this machine has 2 cores shared with other jobs, so absolute speeds drift
 from minute to minute. Every comparison is therefore a ratio taken inside one run: the two
