@@ -80,7 +80,7 @@ def test_datamodule_carves_validation_from_train_when_none_is_given(tmp_path):
     dm = _datamodule(tmp_path, val_fraction=0.25)
     dm.setup("fit")
     assert len(dm.splits["train"]) == 15 and len(dm.splits["val"]) == 5
-    assert dm.model_sizes() == {"vocab_size": 2 + 5, "num_classes": 2}
+    assert dm.model_sizes() == {"vocab_size": 2 + 5, "trained_vocab_size": 2 + 5, "num_classes": 2}
     dm.setup("test")
     assert dm.splits["test"].items[0] == ([dm.vocabs["tokens"].stoi["good"], UNK_ID], 1)
 

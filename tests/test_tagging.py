@@ -84,7 +84,7 @@ def test_vocabularies_from_train_only(tmp_path):
     assert word_ids == [words.index("the"), UNK_ID]  # "zebra" was never seen in training
     assert tag_ids == [0, 1]
     assert char_ids[1] == [UNK_ID, chars.index("e"), UNK_ID, chars.index("r"), UNK_ID]
-    assert dm.model_sizes() == {"vocab_size": 5, "num_chars": len(chars),
+    assert dm.model_sizes() == {"vocab_size": 5, "trained_vocab_size": 5, "num_chars": len(chars),
                                 "tags": ["DET", "NOUN", "VERB"]}
 
 
