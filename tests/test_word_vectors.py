@@ -75,6 +75,7 @@ def test_the_cache_gives_the_same_vectors_and_follows_the_file(tmp_path, caplog)
     ("the 1 2 3\nparis 4 5\n", ":2: expected a word and 3 numbers, found 2 values"),
     ("the 1 2 3\nparis 4 x 6\n", ":2: 'x' in the vector of 'paris' is not a number"),
     ("the 1 2 3\nparis 4 nan 6\n", ":2: the vector of 'paris' is not finite"),
+    ("paris 1 2 3\nthe 1 2 3\nparis 4 x 6\n", ":3: 'x' in the vector of 'paris'"),  # twice
     ("2 3\nthe 1 2 3\nparis\n", ":3: a vectors line is 'word v1 v2 ...'|:3: expected a word"),
 ])
 def test_a_malformed_line_names_file_and_line(tmp_path, text, message):

@@ -99,6 +99,7 @@ def read_vectors_text(path: Path) -> WordVectors:
     """One pass over the lines; the numbers are parsed by numpy in one call."""
     words: list[str] = []
     numbers: list[str] = []
+    lines: list[int] = []  # each row's line number, for the errors found after the pass
     dim = None
     with _open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
@@ -125,6 +126,7 @@ def read_vectors_text(path: Path) -> WordVectors:
                                 path, number)
             words.append(word)
             numbers.append(values)
+            lines.append(number)
     if not words:
         raise DataError("no word vectors in the file", path)
     try:
@@ -134,34 +136,25 @@ def read_vectors_text(path: Path) -> WordVectors:
     except ValueError:  # newer numpy: a value that is not a number
         flat = None
     if flat is None or flat.size != len(words) * dim:
-        _raise_at_first_bad_number(path, numbers, words)
+        _raise_at_first_bad_number(path, numbers, words, lines)
     vectors = torch.from_numpy(flat.reshape(len(words), dim))
     if not torch.isfinite(vectors).all():
         row = int((~torch.isfinite(vectors)).any(1).nonzero()[0])
-        raise DataError(f"the vector of {words[row]!r} is not finite", path,
-                        _line_of(path, words[row]))
+        raise DataError(f"the vector of {words[row]!r} is not finite", path, lines[row])
     log.info("word vectors: read %d x %d from %s", len(words), dim, path)
     return WordVectors(path, words, vectors)
 
 
-def _raise_at_first_bad_number(path: Path, numbers: list[str], words: list[str]) -> None:
+def _raise_at_first_bad_number(path: Path, numbers: list[str], words: list[str],
+                               lines: list[int]) -> None:
     for row, text in enumerate(numbers):
         for value in text.split(" "):
             try:
                 float(value)
             except ValueError:
                 raise DataError(f"{value!r} in the vector of {words[row]!r} is not a number",
-                                path, _line_of(path, words[row])) from None
+                                path, lines[row]) from None
     raise DataError("the vectors could not be parsed as numbers", path)
-
-
-def _line_of(path: Path, word: str) -> int | None:
-    """The line number of ``word`` (only for error messages: a second read is fine there)."""
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.startswith(word + " "):
-                return number
-    return None
 
 
 def _open_text(path: Path):
