@@ -65,6 +65,17 @@ class WordEmbeddings(nn.Module):
             self.pretrained = self.found = None
         self.chars = None if chars is None else CharWordEncoder(num_chars, **chars)
 
+    @classmethod
+    def from_config(cls, vocab_size: int, embedding_dim: int, trained_vocab_size: int | None,
+                    embeddings: dict | None, **kwargs) -> "WordEmbeddings":
+        """From a model's ``embeddings`` config (``path``, ``freeze``; ``extra_words`` is
+        seqmodels-train's): the table exists when a path is given, and the checkpoint fills it
+        when the model is loaded."""
+        embeddings = embeddings or {}
+        return cls(vocab_size, embedding_dim, trained_vocab_size,
+                   pretrained=bool(embeddings.get("path")),
+                   freeze=embeddings.get("freeze", False), **kwargs)
+
     @property
     def vocab_size(self) -> int:
         return self.trained_vocab_size if self.pretrained is None else self.pretrained.size(0)

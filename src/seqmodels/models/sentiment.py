@@ -80,7 +80,6 @@ class SentimentClassifier(SequenceModule):
             raise ConfigError(f"model.adversarial_epsilon must be >= 0, got {adversarial_epsilon}")
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, the data has {num_classes}")
-        embeddings = dict(embeddings or {})
         if chars is not None and not num_chars:
             raise ConfigError("model.chars (character features) needs the data to spell words "
                               "out: set data.char_features=true")
@@ -89,10 +88,9 @@ class SentimentClassifier(SequenceModule):
         self.word_dropout = word_dropout
         self.label_smoothing = label_smoothing
         self.adversarial_epsilon = adversarial_epsilon
-        self.embeddings = WordEmbeddings(
-            vocab_size, embedding_dim, trained_vocab_size, pretrained=bool(embeddings.get("path")),
-            freeze=embeddings.get("freeze", False), chars=chars, num_chars=num_chars,
-            sparse=sparse_embeddings)
+        self.embeddings = WordEmbeddings.from_config(
+            vocab_size, embedding_dim, trained_vocab_size, embeddings, chars=chars,
+            num_chars=num_chars, sparse=sparse_embeddings)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
         self.dropout = nn.Dropout(dropout)

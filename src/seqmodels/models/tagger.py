@@ -90,13 +90,12 @@ class SequenceTagger(SequenceModule):
             raise ConfigError(f"a tagger needs at least 2 tags, the training data has {tags}")
         if span_scheme is not None:
             check_scheme(tags, span_scheme)
-        embeddings = dict(embeddings or {})
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.tags = tags
         self.word_dropout = word_dropout
-        self.embeddings = WordEmbeddings(
-            vocab_size, embedding_dim, trained_vocab_size, pretrained=bool(embeddings.get("path")),
-            freeze=embeddings.get("freeze", False), chars=chars, num_chars=num_chars)
+        self.embeddings = WordEmbeddings.from_config(
+            vocab_size, embedding_dim, trained_vocab_size, embeddings, chars=chars,
+            num_chars=num_chars)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
         self.dropout = nn.Dropout(dropout)
