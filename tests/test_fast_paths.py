@@ -109,7 +109,8 @@ def test_sparse_adam_is_adam_on_the_rows_a_batch_uses_and_leaves_the_others():
     before = dense.embeddings.trained.weight.detach().clone()
     for model, optimizers in ((dense, dense_opt), (sparse, sparse_opt)):
         train_steps(model, optimizers, [second])
-    dense_rows, sparse_rows = dense.embeddings.trained.weight.detach(), sparse.embeddings.trained.weight.detach()
+    dense_rows = dense.embeddings.trained.weight.detach()
+    sparse_rows = sparse.embeddings.trained.weight.detach()
     # Rows 5, 6 (first used now) get the same update from both optimizers...
     torch.testing.assert_close(sparse_rows[5:7], dense_rows[5:7])
     # ...row 3 (used before, not now): dense Adam keeps moving it on its momentum, SparseAdam
