@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from seqmodels.console import FILE_ONLY
 from seqmodels.errors import SeqModelsError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def instantiate_group(group: DictConfig | None) -> list:
     objects = []
     for name, entry in (group or {}).items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
-            log.info("instantiating %s <%s>", name, entry._target_)
+            log.info("instantiating %s <%s>", name, entry._target_, extra=FILE_ONLY)
             objects.append(build(entry))
     return objects
 
@@ -62,7 +63,9 @@ def record_in_log_files(message: str, level: int = logging.ERROR,
 
 def exit_on_user_error(main):
     """For CLI mains: a user's mistake (bad data, impossible config) is one clear line on
-    stderr and exit status 1, not a traceback; a run stopped by SIGTERM exits with 143."""
+    stderr and exit status 1, not a traceback; a run stopped by SIGTERM exits with 143, one
+    stopped by Ctrl+C (SIGINT) with 130, as shells report them, after the one line that says
+    where its checkpoint is (the safety callback's)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -75,5 +78,15 @@ def exit_on_user_error(main):
         except SIGTERMException:
             # Lightning's SIGTERM exit carries no status; a terminated run is not a success.
             sys.exit(128 + signal.SIGTERM)
+        except KeyboardInterrupt:  # before or after fitting, where Lightning does not catch it
+            record_in_log_files("interrupted (Ctrl+C)", logging.WARNING)
+            print("interrupted (Ctrl+C)", file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+        except SystemExit as exit_:
+            # Lightning ends a fit stopped by Ctrl+C with sys.exit(1), raised while it handles
+            # the KeyboardInterrupt (after the callbacks' on_exception: the checkpoint).
+            if isinstance(exit_.__context__, KeyboardInterrupt):
+                sys.exit(128 + signal.SIGINT)
+            raise
 
     return wrapper

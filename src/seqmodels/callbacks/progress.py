@@ -32,6 +32,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+def progress_line(trainer: L.Trainer, done: int, seconds: float) -> str:
+    """``epoch 2/29: batch 120/217, 7.9 batches/s, 0:12 left in the epoch``."""
+    total = trainer.num_training_batches
+    rate = done / seconds if seconds > 0 else 0.0
+    last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+    known = isinstance(total, int) and rate > 0
+    left = f", {format_duration((total - done) / rate)} left in the epoch" if known else ""
+    of = f"/{total}" if isinstance(total, int) else ""
+    return (f"epoch {trainer.current_epoch}/{last}: batch {done}{of}, {rate:.1f} batches/s"
+            f"{left}")
+
+
 class EpochSummary(L.Callback):
     """``epoch 3/29: val/acc 0.8123 (best 0.8150 at epoch 2); val/loss 0.4321 | 21.3 s, 1:05 in
     all`` after every validation of a fit (the sanity check excluded)."""
@@ -97,11 +109,35 @@ class SteadyRichProgressBar(RichProgressBar):
     each read is a host sync on a GPU. During training this one
     reads them on the steps that log new values (every ``trainer.log_every_n_steps``, and the
     first), which is when they change, and shows the numbers it read until then. Through the
-    bar's public ``get_metrics``."""
+    bar's public ``get_metrics``.
 
-    def __init__(self, *args, **kwargs):
+    Where the console is not a terminal (a file, a pipe, a batch job) the bar draws nothing
+    useful: there it is off, and a line says how the epoch goes every ``line_every_s``
+    seconds instead (batches done, their rate, the time the epoch has left); a short epoch
+    prints none, its epoch line is enough.
+    """
+
+    def __init__(self, *args, line_every_s: float = 30.0, **kwargs):
         super().__init__(*args, **kwargs)
         self._shown: dict | None = None
+        self.line_every_s = line_every_s
+        self._lines = not console_is_terminal()
+        if self._lines:
+            self.disable()
+        self._epoch_start = self._last_line = time.monotonic()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._epoch_start = self._last_line = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        now = time.monotonic()
+        if (not self._lines or not trainer.is_global_zero
+                or now - self._last_line < self.line_every_s):
+            return
+        self._last_line = now
+        log.info(progress_line(trainer, batch_idx + 1, now - self._epoch_start))
 
     def get_metrics(self, trainer, pl_module) -> dict:
         fresh = is_logging_step(trainer, trainer.global_step)

@@ -17,6 +17,7 @@ from seqmodels.callbacks.progress import EpochSummary
 from seqmodels.callbacks.resume import EpochPosition, SeedEachEpoch
 from seqmodels.callbacks.vocabularies import SameVocabularies
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
+from seqmodels.console import FILE_ONLY, announce_run, main_with_verbose_flag, quiet_console
 from seqmodels.data.word_vectors import WordVectors, check_vectors_file, load_word_vectors
 from seqmodels.errors import ConfigError
 from seqmodels.training.checkpoint_io import AtomicCheckpointIO, is_weights_only
@@ -37,14 +38,14 @@ log = logging.getLogger(__name__)
 def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule first: the model's sizes come from its vocabularies (train split only,
     plus the words of the pretrained vectors file, read once for both)."""
-    log.info("instantiating datamodule <%s>", cfg.data._target_)
+    log.info("instantiating datamodule <%s>", cfg.data._target_, extra=FILE_ONLY)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     vectors = read_pretrained_vectors(cfg)
     if vectors is not None:
         datamodule.extend_words(vectors.words, cfg.model.embeddings.get("extra_words"))
     datamodule.setup("fit")
-    log.info("instantiating model <%s>", cfg.model._target_)
+    log.info("instantiating model <%s>", cfg.model._target_, extra=FILE_ONLY)
     # Plain containers, not DictConfig, so that checkpoints load with weights_only=True.
     model = build(cfg.model, _convert_="all", **datamodule.model_sizes())
     if vectors is not None:  # a resumed run's checkpoint overwrites them with its own
@@ -143,6 +144,7 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
 
     datamodule, model = build_data_and_model(cfg)
     write_run_info(cfg.paths.output_dir, cfg, datamodule.vocabs)
+    announce_run(datamodule, model, trainer, cfg.paths.log_dir)
     if ckpt_path is not None:
         log.info("resuming from %s; outputs go to %s", ckpt_path, cfg.paths.output_dir)
 
@@ -198,9 +200,11 @@ def best_score(trainer: L.Trainer, monitor: str | None) -> float | None:
     return None
 
 
+@main_with_verbose_flag
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    quiet_console(cfg.get("verbose", False))
     metrics, objects = train(cfg)
     # What a sweeper optimises: the monitored metric at its best epoch (the checkpoint that was
     # tested), not the last epoch's, which early stopping leaves `patience` epochs later.

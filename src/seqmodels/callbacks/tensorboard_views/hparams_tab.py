@@ -4,6 +4,7 @@ import time
 from collections.abc import Mapping
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -13,6 +14,10 @@ from seqmodels.callbacks.tensorboard_views.board import tensorboard_of
 
 HParamValue = bool | int | float | str
 HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")  # how to build, not what was built
+# How an interrupted run (Ctrl+C, SIGTERM) ended: not finished. The HParams protocol has no
+# "aborted" status in the tensorboard releases we support (2.21 has FAILURE, RUNNING, SUCCESS
+# and UNKNOWN only); should one appear, it says it better than FAILURE.
+STATUS_INTERRUPTED = getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_FAILURE)
 
 
 def flatten(settings: Mapping, prefix: str = "") -> dict[str, HParamValue]:
@@ -45,9 +50,10 @@ class HParamsTab(L.Callback):
     """This run's settings in TensorBoard's HParams tab, beside its final metrics.
 
     Only the run's own record is written: its settings when fitting starts, its end status
-    (success, failure, aborted) when fitting ends. No experiment summary, so TensorBoard builds
-    the table from every run under the log directory: all their settings, and as metrics the
-    last value of every scalar each run logged (``val/acc_best``, ``test/acc``, ...).
+    when fitting ends (success; failure, also for an interruption: ``STATUS_INTERRUPTED``).
+    No experiment summary, so TensorBoard builds the table from every run under the log
+    directory: all their settings, and as metrics the last value of every scalar each run
+    logged (``val/acc_best``, ``test/acc``, ...).
     ``TensorBoardLogger.log_hyperparams(params, metrics)`` would instead write an experiment
     summary into every run, and TensorBoard takes the first one it finds as the columns for
     all of them (runs of another task lose theirs), plus a placeholder point at step 0 in every
@@ -72,8 +78,8 @@ class HParamsTab(L.Callback):
         self._end(trainer, api_pb2.STATUS_SUCCESS)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt)
-        self._end(trainer, api_pb2.STATUS_ABORTED if interrupted else api_pb2.STATUS_FAILURE)
+        interrupted = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        self._end(trainer, STATUS_INTERRUPTED if interrupted else api_pb2.STATUS_FAILURE)
 
     def _end(self, trainer, status: int) -> None:
         if self._running:
