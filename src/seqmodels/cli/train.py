@@ -27,6 +27,7 @@ from seqmodels.training.distributed import (
     prepare_determinism,
     quiet_other_ranks,
 )
+from seqmodels.training.launch import place_job
 from seqmodels.training.run_checks import check_model_fits_data, discard_unstarted_run
 from seqmodels.training.run_info import write_run_info
 from seqmodels.training.runs import CHECKPOINT_KEYWORDS  # also registers Hydra resolvers
@@ -122,6 +123,7 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     check_model_fits_data(cfg, hydra_choices())
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    place_job(cfg)  # a job of a parallel sweep: its GPU, or its share of the CPU cores
     check_accelerator(cfg.trainer)
     prepare_determinism(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
