@@ -160,11 +160,19 @@ def test_state_carries_across_calls_like_one_long_call(strategy, cell):
         torch.testing.assert_close(second.state, whole.state)
 
 
-def test_auto_is_padded_on_the_cpu_and_packed_on_cuda():
+def test_auto_never_packs_variable_lengths_and_fuses_full_rows_on_cuda():
+    """Packing waits on the host (sort order to the device and back), so ``auto`` pads
+    whenever lengths vary, CUDA included; full rows on CUDA take the one fused call."""
     encoder = RNNEncoder(3, 4, bidirectional=True)
+    lengths = torch.tensor([2])
     assert encoder.variable_length == "auto"
+    assert encoder.strategy(torch.zeros(1, 2, 3), lengths) == "padded"
     assert encoder.strategy(torch.zeros(1, 2, 3)) == "padded"
-    assert encoder.strategy(torch.zeros(1, 2, 3, device="meta")) == "padded"
+    assert encoder.strategy(torch.zeros(1, 2, 3, device="meta"), lengths) == "padded"
+    assert RNNEncoder.auto_strategy("cuda", variable_lengths=True) == "padded"
+    assert RNNEncoder.auto_strategy("cuda", variable_lengths=False) == "packed"
+    if torch.cuda.is_available():
+        assert encoder.strategy(torch.zeros(1, 2, 3, device="cuda"), lengths) == "padded"
     # One parameter layout for both: torch's own multi-layer module, nothing per direction.
     assert [name for name, _ in encoder.named_parameters()] == [
         f"rnn.{w}_l0{s}" for s in ("", "_reverse") for w in ("weight_ih", "weight_hh",

@@ -229,7 +229,7 @@ def test_shadow_plain_loop_ends_with_the_weights_lightning_trained(tmp_path, tin
     assert [m.batches for m in framework.epochs] == [m.batches for m in plain.epochs] == [6]
     assert framework.epochs[0].tokens == plain.epochs[0].tokens
     assert (plain.averaged is not None) == averaging
-    assert not torch.allclose(plain.model.classifier.weight, spec.initial["classifier.weight"])
+    assert not torch.allclose(plain.model.classifier.weight, spec.initial["net.classifier.weight"])
     assert_same_parameters(framework.model, plain.evaluated_model)
     if averaging:  # and the average is not simply the last weights
         assert not torch.allclose(plain.model.classifier.weight,

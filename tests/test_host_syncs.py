@@ -1,37 +1,33 @@
 """No waiting on the host in a training step: on a GPU every data-dependent read (``.item()``,
 ``int()``, boolean indexing, ``unique``, copies to the host) stalls the stream. Counted here on
 the CPU, for a whole training step of each task as ``seqmodels-train`` runs it (default
-callbacks; forward, backward, clipping, optimizer step, the callbacks' batch hooks): none on a
-step that does not log, but one known read of torch's own. The logging steps may read
-(Lightning turns logged values into numbers there)."""
+callbacks, weight averaging included; forward, backward, clipping, optimizer step, the
+callbacks' batch hooks): none on a step that does not log. The logging steps may read
+(Lightning turns logged values into numbers there).
 
-import traceback
+The encoder runs the strategy that ``variable_length=auto`` picks on CUDA, not the CPU's, and
+packing counts as a read: ``pack_padded_sequence`` needs the lengths on the host, and on CUDA
+its sort order goes to the device and back (``models/encoder.py``)."""
 
 import lightning as L
 import pytest
 
 from seqmodels.cli.train import train
+from seqmodels.models.encoder import RNNEncoder
 from tests.conftest import compose_config
 from tests.test_char_features import HostReads
 from tests.tiny_datasets import write_named_datasets
 
 LOG_EVERY = 4
-# torch.optim.swa_utils.AveragedModel.update_parameters tests ``n_averaged == 0`` on every
-# update (Lightning's WeightAveraging calls it each step): one sync a step with weight
-# averaging on a GPU, which is torch's, not ours.
-KNOWN = ("torch/optim/swa_utils.py",)
 
 
-class HostReadsOutsideKnown(HostReads):
-    """HostReads that leaves out the reads made inside ``KNOWN`` files."""
+class HostReadsOnCuda(HostReads):
+    """HostReads, plus packing: a host round trip on CUDA, though not on the CPU."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        before = len(self.reads)
-        result = super().__torch_dispatch__(func, types, args, kwargs)
-        if len(self.reads) > before and any(
-                frame.filename.endswith(KNOWN) for frame in traceback.extract_stack()):
-            del self.reads[before:]
-        return result
+        if func.overloadpacket._qualified_op_name == "aten::_pack_padded_sequence":
+            self.reads.append("aten._pack_padded_sequence (sort order to the device and back)")
+        return super().__torch_dispatch__(func, types, args, kwargs)
 
 
 class CountHostReads(L.Callback):
@@ -43,13 +39,17 @@ class CountHostReads(L.Callback):
         self._mode: HostReads | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._mode = HostReadsOutsideKnown()
+        self._mode = HostReadsOnCuda()
         self._mode.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._mode.__exit__(None, None, None)
         self.reads[batch_idx] = self._mode.reads
 
+
+# What ``variable_length=auto`` runs on a GPU, with lengths (sentences) and without (the char LM).
+ON_CUDA = RNNEncoder.auto_strategy("cuda", variable_lengths=True)
+ON_CUDA_FULL_ROWS = RNNEncoder.auto_strategy("cuda", variable_lengths=False)
 
 TASKS = {
     "sentiment": ["experiment=sst2_bilstm", "model.embedding_dim=16",
@@ -71,8 +71,10 @@ def test_a_training_step_that_does_not_log_reads_nothing_back(task, tmp_path, mo
                                                               one_thread):
     monkeypatch.setenv("SEQMODELS_DATA_DIR", str(write_named_datasets(tmp_path / "data")))
     monkeypatch.setenv("SEQMODELS_CACHE_DIR", str(tmp_path / "cache"))
+    strategy = ON_CUDA_FULL_ROWS if task == "char LM" else ON_CUDA
     cfg = compose_config(tmp_path, [
-        *TASKS[task], "trainer.max_epochs=1", "+trainer.limit_train_batches=12",
+        *TASKS[task], f"model.encoder.variable_length={strategy}", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=12",
         "+trainer.limit_val_batches=1", f"trainer.log_every_n_steps={LOG_EVERY}", "test=false",
         "+callbacks.host_reads._target_=tests.test_host_syncs.CountHostReads",
     ])

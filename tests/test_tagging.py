@@ -139,7 +139,7 @@ def test_masked_loss_and_metrics_equal_hand_computation():
     targets = torch.tensor([[0, 1, 2], [1, 1, IGNORE_INDEX]])
     logits = torch.tensor([[[2.0, 0.5, 0.1], [0.3, 0.2, 1.0], [0.0, 0.1, 3.0]],
                            [[0.1, 2.0, 0.3], [1.5, 1.0, 0.0], [9.0, -9.0, 9.0]]])  # last: padding
-    model.forward = lambda *args, **kwargs: logits
+    model.net.forward = lambda *args, **kwargs: logits
     batch = Batch(tokens, torch.tensor([3, 2]), targets)
 
     loss, _ = model._step(batch)

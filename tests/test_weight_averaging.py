@@ -13,7 +13,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from seqmodels.callbacks.averaging import ema_avg_fn, ema_multi_avg_fn, warmup_decay
+from seqmodels.callbacks.averaging import (
+    HostCountedAverage,
+    ema_avg_fn,
+    ema_multi_avg_fn,
+    warmup_decay,
+)
 from seqmodels.config import build
 from tests.conftest import compose_config, write_lines
 
@@ -134,6 +139,37 @@ def test_configured_callback_in_a_real_run(tmp_path):
     torch.testing.assert_close(a3, 3 / 12 * a2 + 9 / 12 * w3)
     # Lightning ends training on the average
     torch.testing.assert_close(model.layer.weight.detach(), a3)
+    # ... kept by the host-counted class (this also pins Lightning's private _average_model,
+    # the one name seqmodels.callbacks.averaging reads)
+    assert isinstance(averaging._average_model, HostCountedAverage)
+    assert averaging._average_model.host_count == 3
+    assert int(averaging._average_model.n_averaged) == 3
+
+
+def test_host_counted_average_equals_torchs_and_resumes_from_its_state():
+    """The same numbers as torch's AveragedModel with the same average function, update by
+    update, also when a copy is loaded from a state dict halfway (a resumed run)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    torchs = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9), use_buffers=True)
+    ours = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9), use_buffers=True)
+    ours.__class__ = HostCountedAverage
+    for step in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model(torch.randn(5, 3))  # moves the running statistics (buffers)
+        torchs.update_parameters(model)
+        ours.update_parameters(model)
+        if step == 2:
+            state = ours.state_dict()
+            ours = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9), use_buffers=True)
+            ours.__class__ = HostCountedAverage
+            ours.load_state_dict(state)
+    for mine, theirs in zip(ours.state_dict().values(), torchs.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert ours.host_count == 6 and int(ours.n_averaged) == 6
 
 
 # -- the recipe a user's own classification data gets ---------------------------------------
@@ -141,7 +177,7 @@ RECIPE = {  # experiment=sst2_bilstm's choices (docs/results.md), also without e
     "model.pooling": "max",
     "model.word_dropout": 0.25,
     "model.adversarial_epsilon": 5.0,
-    "callbacks.weight_averaging._target_": "lightning.pytorch.callbacks.WeightAveraging",
+    "callbacks.weight_averaging._target_": "seqmodels.callbacks.averaging.EMAWeightAveraging",
     "callbacks.weight_averaging.multi_avg_fn._target_":
         "seqmodels.callbacks.averaging.ema_multi_avg_fn",
     "callbacks.weight_averaging.multi_avg_fn.decay": 0.998,

@@ -74,18 +74,19 @@ def summarize(cfg: DictConfig, out: TextIO = sys.stdout) -> int:
     if output_format not in FORMATS:
         raise ConfigError(f"format={output_format!r} is not one of {list(FORMATS)}")
     if cfg.get("ckpt_path"):
-        model = load_model(cfg.ckpt_path)
+        model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
         name = f"{type(model).__name__} from {cfg.ckpt_path}"
     else:
         _, model = build_data_and_model(cfg)
         name = type(model).__name__
-    blocks = describe(model)
+    network = model.net  # the task's plain network (models/networks.py) holds every weight
+    blocks = describe(network)
     total = sum(block.count for block in blocks)
     if total != sum(p.numel() for p in model.parameters()):  # describe() skipped or repeated one
         raise RuntimeError(f"summary counts {total:,} parameters, torch "
                            f"{sum(p.numel() for p in model.parameters()):,}")
     render = render_text if output_format == "text" else render_markdown
-    render(name, blocks, module_totals(model, blocks), total, out)
+    render(name, blocks, module_totals(network, blocks), total, out)
     return total
 
 

@@ -154,6 +154,19 @@ class SequenceModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch",
                                  "monitor": self.scheduler_monitor}}
 
+    def upgrade_state_dict(self, state: dict) -> dict:
+        """A checkpoint's weights under today's names. Until the network moved into
+        ``self.net`` (models/networks.py), its layers sat on the module itself
+        (``encoder.rnn.weight_ih_l0``, now ``net.encoder.rnn.weight_ih_l0``): those names gain
+        the prefix, so that older checkpoints still load (Lightning calls this hook before it
+        loads the state dict, for eval and for resuming alike)."""
+        net = getattr(self, "net", None)
+        if net is None:
+            return state
+        layers = {name for name, _ in net.named_children()}
+        return {f"net.{key}" if key.split(".", 1)[0] in layers else key: value
+                for key, value in state.items()}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["seqmodels"] = {
             "task": self.task,
@@ -164,6 +177,9 @@ class SequenceModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for key in ("state_dict", "current_model_state"):  # the latter: weight averaging's
+            if key in checkpoint:
+                checkpoint[key] = self.upgrade_state_dict(checkpoint[key])
         saved = checkpoint.get("seqmodels", {})
         self.vocabs = {name: Vocab.from_dict(v) for name, v in saved.get("vocabs", {}).items()}
         self.text_settings = saved.get("text_settings", {})

@@ -5,7 +5,6 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
@@ -16,6 +15,7 @@ from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.encoder import RNNEncoder, State
+from seqmodels.models.networks import CharLMNet
 from seqmodels.models.sampling import check_sampling, make_stepper, pick
 
 UNKNOWN_CHARS = ("error", "skip")
@@ -88,11 +88,8 @@ class CharLanguageModel(SequenceModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.carry_state = carry_state
         self.scheduler_interval = scheduler_interval
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=embedding_dim, **encoder)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.encoder.get_output_dim(), vocab_size)
+        self.net = CharLMNet(vocab_size, encoder, embedding_dim=embedding_dim,
+                             embedding_dropout=embedding_dropout, dropout=dropout)
 
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_loss_best = MinMetric()
@@ -101,22 +98,33 @@ class CharLanguageModel(SequenceModule):
         self._states: dict[str, State | None] = {}
         self._last_sample_step = -1
 
-    # -- model ---------------------------------------------------------------------------
+    # -- the network (``self.net``, models/networks.py) -----------------------------------
+    # Its parts, as generation and the tools read them.
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.net.embedding
+
+    @property
+    def encoder(self) -> RNNEncoder:
+        return self.net.encoder
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.net.head
+
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
         """(B, T) character ids and an optional initial state -> (B, T, V) next-character
         logits and the final state (exact: every row is full length)."""
-        embedded = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
-        encoded = self.encoder(embedded, None, state)  # None: every row is full length
-        return self.head(self.dropout(encoded.outputs)), encoded.state  # (B, T, V)
+        return self.net(tokens, state)
 
     def _loss(self, batch: Batch, loop: str) -> Tensor:
         """Mean cross-entropy in nats per character, carrying ``loop``'s state."""
         state = self._states.get(loop) if self.carry_state else None
         if state is not None and _batch_size(state) != len(batch):
             state = None  # a batch of another shape cannot continue these tracks
-        logits, state = self(batch.tokens, state)
+        loss, state = self.net.training_loss(batch, state)
         self._states[loop] = detach_state(state) if self.carry_state else None
-        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
+        return loss
 
     # -- training and evaluation loops ---------------------------------------------------
     def on_fit_start(self) -> None:

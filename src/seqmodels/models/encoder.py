@@ -7,10 +7,15 @@ modules read ``get_output_dim()`` to size their heads and never look at the cell
 The weights live in one torch RNN module (all layers and directions, torch's own layout), which
 serves two strategies with identical results (tested):
 
-- ``packed`` (``auto`` on CUDA): one call of that module over a packed batch, so cuDNN runs
-  every layer and direction in one fused kernel and never sees padding.
-- ``padded`` (``auto`` on a CPU, where it is faster): each layer and direction runs over the
-  padded tensor, reading the module's weights for that layer-direction
+- ``packed``: one call of that module over a packed batch, so cuDNN runs every layer and
+  direction in one fused kernel and never sees padding. But packing is a round trip through
+  the host: ``pack_padded_sequence`` sorts the lengths there and sends the order to the device,
+  unpacking sends it back, so every call waits on the host (the cost on a GPU:
+  docs/benchmarks_gpu.md).
+  Without lengths (every row full, the char LM) there is nothing to pack, and this is one
+  fused call with no wait: ``auto`` takes it on CUDA then.
+- ``padded`` (``auto`` with variable lengths, on any device): each layer and direction runs
+  over the padded tensor, reading the module's weights for that layer-direction
   (``torch.func.functional_call`` on a one-layer template). The backward direction runs over
   every sequence reversed *within its own length*, so it starts on the last real token, never
   on padding; forward outputs at real steps cannot depend on the padding after them; final
@@ -94,8 +99,8 @@ class RNNEncoder(nn.Module):
         ``mul`` (element-wise product; H).
     :param dropout: dropout on the outputs of every layer but the last.
     :param nonlinearity: ``tanh`` or ``relu``, for ``cell=rnn`` only.
-    :param variable_length: ``auto`` (packed on CUDA, padded elsewhere), ``padded`` or
-        ``packed``; identical results, see the module docstring.
+    :param variable_length: ``auto`` (``auto_strategy``), ``padded`` or ``packed``; identical
+        results, see the module docstring.
     """
 
     def __init__(
@@ -161,11 +166,20 @@ class RNNEncoder(nn.Module):
         template = self._templates[min(layer, 1)]
         return functional_call(template, self.layer_weights(layer, direction), (seq, initial))
 
-    def strategy(self, x: Tensor) -> str:
+    @staticmethod
+    def auto_strategy(device_type: str, variable_lengths: bool) -> str:
+        """What ``variable_length=auto`` runs: on CUDA without lengths, the one fused call of
+        ``packed`` (nothing to pack, nothing to wait for); otherwise ``padded``, which never
+        waits on the host (tests/test_host_syncs.py runs the CUDA choice on the CPU)."""
+        if device_type == "cuda" and not variable_lengths:
+            return "packed"
+        return "padded"
+
+    def strategy(self, x: Tensor, lengths: Tensor | None = None) -> str:
         if self.cell in PARALLEL_CELLS:
             return "padded"  # one scan per layer-direction; nothing to pack
         if self.variable_length == "auto":
-            return "packed" if x.is_cuda else "padded"
+            return self.auto_strategy(x.device.type, lengths is not None)
         return self.variable_length
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
@@ -178,7 +192,7 @@ class RNNEncoder(nn.Module):
         batch, steps, _ = x.shape
         if lengths is not None and (lengths.dim() != 1 or lengths.numel() != batch):
             raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-        if self.strategy(x) == "packed":
+        if self.strategy(x, lengths) == "packed":
             return self._packed(x, lengths, state)
         return self._padded(x, lengths, state)
 

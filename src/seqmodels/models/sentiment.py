@@ -1,25 +1,22 @@
 """Many-to-one: one label per sentence (sentiment and any other sentence classification)."""
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from seqmodels.data.batching import Batch
 from seqmodels.data.chars import SpelledWords
-from seqmodels.data.vocab import PAD_ID
 from seqmodels.errors import ConfigError
-from seqmodels.models.adversarial import adversarial_loss
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder
-
-POOLINGS = ("final", "max", "mean")
+from seqmodels.models.networks import POOLINGS, SentenceClassifierNet
 
 
 class SentimentClassifier(SequenceModule):
-    """Embedding -> encoder -> pooled sentence vector -> dropout -> linear -> softmax.
+    """Embedding -> encoder -> pooled sentence vector -> dropout -> linear -> softmax: the
+    network is ``self.net`` (``models/networks.py``); this module adds metrics and logging.
 
     :param vocab_size, trained_vocab_size, num_classes: read from the datamodule's
         vocabularies (``trained_vocab_size``: the training split's words, the others were
@@ -84,17 +81,13 @@ class SentimentClassifier(SequenceModule):
             raise ConfigError("model.chars (character features) needs the data to spell words "
                               "out: set data.char_features=true")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.pooling = pooling
-        self.word_dropout = word_dropout
-        self.label_smoothing = label_smoothing
-        self.adversarial_epsilon = adversarial_epsilon
-        self.embeddings = WordEmbeddings.from_config(
-            vocab_size, embedding_dim, trained_vocab_size, embeddings, chars=chars,
-            num_chars=num_chars, sparse=sparse_embeddings)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.encoder.get_output_dim(), num_classes)
+        self.net = SentenceClassifierNet(
+            WordEmbeddings.from_config(vocab_size, embedding_dim, trained_vocab_size, embeddings,
+                                       chars=chars, num_chars=num_chars,
+                                       sparse=sparse_embeddings),
+            encoder, num_classes, pooling=pooling, word_dropout=word_dropout,
+            embedding_dropout=embedding_dropout, dropout=dropout,
+            label_smoothing=label_smoothing, adversarial_epsilon=adversarial_epsilon)
 
         metrics = MetricCollection({
             "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -105,49 +98,30 @@ class SentimentClassifier(SequenceModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
+    # The network's parts, as tools and callbacks read them (seqmodels-summary, the gradient
+    # views, word-vector loading).
+    @property
+    def embeddings(self) -> WordEmbeddings:
+        return self.net.embeddings
+
+    @property
+    def encoder(self) -> RNNEncoder:
+        return self.net.encoder
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.net.classifier
+
     def forward(self, tokens: Tensor, lengths: Tensor,
                 chars: SpelledWords | Tensor | None = None) -> Tensor:
         """(B, T) token ids, (B,) lengths and, with character features, the batch's
         ``SpelledWords`` (or (B, T, W) character ids) -> (B, num_classes) logits."""
-        real = tokens != PAD_ID  # (B, T)
-        return self.classify(self.word_vectors(tokens, real, chars), real, lengths)
-
-    def word_vectors(self, tokens: Tensor, real: Tensor,
-                     chars: SpelledWords | Tensor | None) -> Tensor:
-        """(B, T) token ids and their (B, T) real-token mask -> (B, T, E[+C]) word vectors."""
-        return self.embeddings(tokens, real, chars, self.word_dropout if self.training else 0.0)
-
-    def classify(self, vectors: Tensor, real: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T, E[+C]) word vectors -> (B, num_classes) logits."""
-        encoded = self.encoder(self.embedding_dropout(vectors), lengths)
-        if self.pooling == "final":
-            sentence = encoded.final  # (B, H_out)
-        else:
-            mask = real.unsqueeze(2)  # (B, T, 1)
-            if self.pooling == "max":
-                sentence = encoded.outputs.masked_fill(~mask, float("-inf")).amax(dim=1)
-            else:
-                counts = lengths.to(real.device, non_blocking=True).unsqueeze(1)
-                sentence = encoded.outputs.sum(dim=1) / counts
-        return self.classifier(self.dropout(sentence))
-
-    def _step(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-        logits = self(batch.tokens, batch.lengths, batch.chars)
-        return F.cross_entropy(logits, batch.targets, label_smoothing=label_smoothing), logits
+        return self.net(tokens, lengths, chars)
 
     def training_objective(self, batch: Batch) -> Tensor:
         """The loss training minimises: cross-entropy, plus its adversarial counterpart when
         ``adversarial_epsilon`` > 0."""
-        if not self.adversarial_epsilon:
-            return self._step(batch, self.label_smoothing)[0]
-        real = batch.tokens != PAD_ID
-
-        def loss_at(vectors: Tensor) -> Tensor:
-            return F.cross_entropy(self.classify(vectors, real, batch.lengths), batch.targets,
-                                   label_smoothing=self.label_smoothing)
-
-        vectors = self.word_vectors(batch.tokens, real, batch.chars)
-        return adversarial_loss(loss_at, vectors, self.adversarial_epsilon)
+        return self.net.training_loss(batch)[0]
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
@@ -158,7 +132,7 @@ class SentimentClassifier(SequenceModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, logits = self._step(batch)
+        loss, logits = self.net.loss(batch)
         self.val_loss(loss, weight=len(batch))
         self.val_metrics(logits, batch.targets)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
@@ -170,7 +144,7 @@ class SentimentClassifier(SequenceModule):
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        loss, logits = self._step(batch)
+        loss, logits = self.net.loss(batch)
         self.test_loss(loss, weight=len(batch))
         self.test_metrics(logits, batch.targets)
         self.log("test/loss", self.test_loss, on_epoch=True)

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -27,6 +26,7 @@ from seqmodels.errors import ConfigError
 from seqmodels.models.base import SequenceModule
 from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder
+from seqmodels.models.networks import TaggerNet
 from seqmodels.models.span_metrics import SpanF1, check_scheme
 from seqmodels.models.tag_metrics import SubsetAccuracy, tag_report
 
@@ -92,14 +92,11 @@ class SequenceTagger(SequenceModule):
             check_scheme(tags, span_scheme)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.tags = tags
-        self.word_dropout = word_dropout
-        self.embeddings = WordEmbeddings.from_config(
-            vocab_size, embedding_dim, trained_vocab_size, embeddings, chars=chars,
-            num_chars=num_chars)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = RNNEncoder(input_size=self.embeddings.get_output_dim(), **encoder)
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(self.encoder.get_output_dim(), len(tags))
+        self.net = TaggerNet(
+            WordEmbeddings.from_config(vocab_size, embedding_dim, trained_vocab_size, embeddings,
+                                       chars=chars, num_chars=num_chars),
+            encoder, len(tags), word_dropout=word_dropout,
+            embedding_dropout=embedding_dropout, dropout=dropout)
 
         num_tags = len(tags)
         metrics = {
@@ -118,25 +115,29 @@ class SequenceTagger(SequenceModule):
         self.val_acc_best = MaxMetric()
         self.test_report: list[dict] = []  # per-tag rows of the last test run
 
-    # -- the network --------------------------------------------------------------------------
+    # -- the network (``self.net``, models/networks.py) ---------------------------------------
+    # Its parts, as tools and callbacks read them (seqmodels-summary, the gradient views).
+    @property
+    def embeddings(self) -> WordEmbeddings:
+        return self.net.embeddings
+
+    @property
+    def encoder(self) -> RNNEncoder:
+        return self.net.encoder
+
+    @property
+    def output(self) -> nn.Linear:
+        return self.net.output
+
     def forward(self, tokens: Tensor, lengths: Tensor,
                 chars: SpelledWords | Tensor | None = None) -> Tensor:
         """(B, T) word ids, (B,) lengths and the batch's ``SpelledWords`` (or (B, T, W) char
         ids) -> (B, T, num_tags) logits."""
-        steps = torch.arange(tokens.size(1), device=tokens.device)
-        mask = steps < lengths.to(tokens.device, non_blocking=True).unsqueeze(1)  # (B, T): real
-        vectors = self.embeddings(tokens, mask, chars,
-                                  self.word_dropout if self.training else 0.0)  # (B, T, E[+C])
-        encoded = self.encoder(self.embedding_dropout(vectors), lengths).outputs  # (B, T, H)
-        return self.output(self.dropout(encoded))
+        return self.net(tokens, lengths, chars)
 
     # -- steps --------------------------------------------------------------------------------
     def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        logits = self(batch.tokens, batch.lengths, batch.chars)  # (B, T, C)
-        # Mean over the real tokens: padding targets are IGNORE_INDEX.
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(),
-                               ignore_index=IGNORE_INDEX)
-        return loss, logits
+        return self.net.loss(batch)
 
     @staticmethod
     def _num_tokens(batch: Batch) -> int:
