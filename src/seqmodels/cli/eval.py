@@ -7,40 +7,37 @@ the same), saved in the checkpoint. ``data.<key>=...`` on the command line chang
 of it; ``data=<config>`` (or ``experiment=``) evaluates on that config instead.
 Data whose labels (or tags) the checkpoint does not know is refused, naming both sets."""
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.errors import ConfigError
 from seqmodels.training.distributed import check_accelerator
+from seqmodels.training.trusted import build_task_module, model_class_of, read_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def load_model(ckpt_path: str | Path, expected_task: str | None = None, map_location="cpu"):
-    """Rebuild a task module from a checkpoint alone; refuse another task's checkpoint."""
+def load_model(ckpt_path: str | Path, expected_task: str | None = None, map_location="cpu",
+               trust: bool = False):
+    """Rebuild a task module from a checkpoint alone, reading the file once and running none of
+    its code (``seqmodels.training.trusted``; ``trust``: the user's ``trust_checkpoint=true``);
+    refuse another task's checkpoint."""
+    checkpoint = read_checkpoint(ckpt_path, trust)
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    info = checkpoint.get("seqmodels")
-    if not info or "model_class" not in info:
-        raise ConfigError(f"{path} is not a seqmodels checkpoint (no model class or vocabularies)")
-    if expected_task is not None and info["task"] != expected_task:
+    model_class = model_class_of(checkpoint, path)
+    task = getattr(model_class, "task", None)
+    if expected_task is not None and task != expected_task:
         raise ConfigError(
-            f"{path} holds a {info['task']} model, but this command needs a {expected_task} "
+            f"{path} holds a {task} model, but this command needs a {expected_task} "
             "model; pass a checkpoint of that task (or the matching data=... config)"
         )
-    module_name, _, class_name = info["model_class"].rpartition(".")
-    model_class = getattr(importlib.import_module(module_name), class_name)
-    return model_class.load_from_checkpoint(path, map_location=map_location)
+    return build_task_module(checkpoint, path, map_location)
 
 
 def command_line_overrides() -> list[str]:
@@ -102,7 +99,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     check_accelerator(cfg.trainer)
-    model = load_model(cfg.ckpt_path)
+    model = load_model(cfg.ckpt_path, trust=cfg.get("trust_checkpoint", False))
     data = data_config(cfg, recorded_data_config(model), command_line_overrides())
     datamodule = build(data)
     if datamodule.task != model.task:

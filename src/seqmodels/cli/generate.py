@@ -31,7 +31,8 @@ def generate_text(cfg: DictConfig, out: TextIO = sys.stdout) -> str:
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    model = load_model(cfg.ckpt_path, expected_task="language_model", map_location=device)
+    model = load_model(cfg.ckpt_path, expected_task="language_model", map_location=device,
+                       trust=cfg.get("trust_checkpoint", False))
     model.to(device)
     characters = model.stream(
         str(cfg.prompt), int(cfg.num_chars), float(cfg.temperature), cfg.get("top_k"),

@@ -236,7 +236,7 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    model = load_model(cfg.ckpt_path, map_location=device)
+    model = load_model(cfg.ckpt_path, map_location=device, trust=cfg.get("trust_checkpoint", False))
     if model.task == "language_model":
         raise ConfigError(f"{cfg.ckpt_path} holds a character language model, which writes "
                           "text rather than labelling it; use seqmodels-generate "

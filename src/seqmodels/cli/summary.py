@@ -74,7 +74,7 @@ def summarize(cfg: DictConfig, out: TextIO = sys.stdout) -> int:
     if output_format not in FORMATS:
         raise ConfigError(f"format={output_format!r} is not one of {list(FORMATS)}")
     if cfg.get("ckpt_path"):
-        model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
+        model = load_model(cfg.ckpt_path, trust=cfg.get("trust_checkpoint", False))
         name = f"{type(model).__name__} from {cfg.ckpt_path}"
     else:
         _, model = build_data_and_model(cfg)

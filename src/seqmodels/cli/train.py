@@ -32,6 +32,7 @@ from seqmodels.training.run_checks import check_model_fits_data, discard_unstart
 from seqmodels.training.run_info import write_run_info
 from seqmodels.training.runs import CHECKPOINT_KEYWORDS  # also registers Hydra resolvers
 from seqmodels.training.step_costs import SilentProfiler, frozen_garbage
+from seqmodels.training.trusted import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,12 @@ def read_pretrained_vectors(cfg: DictConfig) -> WordVectors | None:
     return load_word_vectors(path, cfg.paths.get("cache_dir"))
 
 
-def check_checkpoint(ckpt_path: str | None, output_dir: str) -> None:
-    """A checkpoint to resume from must exist; ``last`` looks in this run's directory."""
+def check_checkpoint(ckpt_path: str | None, output_dir: str, trust: bool = False) -> dict | None:
+    """A checkpoint to resume from must exist; ``last`` looks in this run's directory. Returns
+    the checkpoint a path names, read once and safely (``seqmodels.training.trusted``), for the
+    trainer to resume from."""
     if ckpt_path is None:
-        return
+        return None
     if str(ckpt_path) not in CHECKPOINT_KEYWORDS and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path, or "
                           "ckpt_path=last hydra.run.dir=<the run's directory>")
@@ -79,12 +82,14 @@ def check_checkpoint(ckpt_path: str | None, output_dir: str) -> None:
         log.warning("ckpt_path=last: %s has no checkpoints/last.ckpt, so training starts from "
                     "scratch; to resume a run, pass hydra.run.dir=<its directory>", output_dir)
     if str(ckpt_path) not in CHECKPOINT_KEYWORDS:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = read_checkpoint(ckpt_path, trust)
         if is_weights_only(checkpoint):
             raise ConfigError(f"ckpt_path={ckpt_path} holds the weights alone (a checkpoint for "
                               "evaluation), not the training state to resume from; resume from "
                               "the run's checkpoints/last.ckpt (ckpt_path=last hydra.run.dir="
                               "<the run's directory>)")
+        return checkpoint
+    return None
 
 
 @rank_zero_only
@@ -127,7 +132,8 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     check_accelerator(cfg.trainer)
     prepare_determinism(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
-    check_checkpoint(ckpt_path, cfg.paths.output_dir)
+    trust = cfg.get("trust_checkpoint", False)
+    checkpoint = check_checkpoint(ckpt_path, cfg.paths.output_dir, trust)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(SameVocabularies())
@@ -138,9 +144,12 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
     loggers = instantiate_group(cfg.get("logger"))
     trainer_cfg = cfg.trainer
     profiler = {} if trainer_cfg.get("profiler") else {"profiler": SilentProfiler()}
-    # Checkpoints written whole or not at all; the best one holds the weights alone.
+    # Checkpoints written whole or not at all; the best one holds the weights alone. The one
+    # to resume from, already read, is not read again.
+    preloaded = {ckpt_path: checkpoint} if checkpoint is not None else None
+    checkpoint_io = AtomicCheckpointIO(trust=trust, preloaded=preloaded)
     trainer: L.Trainer = build(trainer_cfg, callbacks=callbacks, logger=loggers or False,
-                               plugins=[AtomicCheckpointIO()], **profiler)
+                               plugins=[checkpoint_io], **profiler)
     objects["trainer"] = trainer
     quiet_other_ranks(trainer.global_rank)  # known for certain once the trainer exists
 

@@ -14,6 +14,10 @@ averaged ones under weight averaging), the hyperparameters and the vocabularies 
 ``seqmodels-eval``, ``-predict``, ``-summary`` and ``-generate`` read. Lightning's own
 ``save_weights_only`` cannot be used for that: it skips the callbacks' checkpoint hooks, so a
 weight-averaged run would store its raw weights.
+
+Reading goes through ``seqmodels.training.trusted`` (tensors and plain containers only, and
+allowlisted names): a resumed run reads its checkpoint once, in ``seqmodels-train``'s early
+check, and hands that dict to the trainer here (``preloaded``) rather than reading it again.
 """
 
 import os
@@ -22,6 +26,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from seqmodels.training.trusted import read_checkpoint
 
 # What an evaluation checkpoint keeps: enough for load_from_checkpoint and our tools.
 WEIGHTS_ONLY_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "seqmodels", "epoch",
@@ -63,11 +69,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic, fsynced writes; files not named
-    ``<full_state_prefix>*`` keep the weights alone (``WEIGHTS_ONLY_KEYS``)."""
+    ``<full_state_prefix>*`` keep the weights alone (``WEIGHTS_ONLY_KEYS``). Reads run no code
+    from the file unless ``trust`` (``trust_checkpoint=true``); a checkpoint already read is
+    passed in ``preloaded`` (path: dict) and served from there, once."""
 
-    def __init__(self, full_state_prefix: str = FULL_STATE_PREFIX):
+    def __init__(self, full_state_prefix: str = FULL_STATE_PREFIX, trust: bool = False,
+                 preloaded: dict[str, dict] | None = None):
         super().__init__()
         self.full_state_prefix = full_state_prefix
+        self.trust = trust
+        self.preloaded = {os.path.realpath(path): checkpoint
+                          for path, checkpoint in (preloaded or {}).items()}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
@@ -75,3 +87,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not Path(path).name.startswith(self.full_state_prefix):
             checkpoint = {k: checkpoint[k] for k in WEIGHTS_ONLY_KEYS if k in checkpoint}
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """The checkpoint at ``path`` on the CPU (Lightning moves each state to its device as it
+        restores it), never unpickling code; ``weights_only`` is always so here."""
+        checkpoint = self.preloaded.pop(os.path.realpath(path), None)
+        return checkpoint if checkpoint is not None else read_checkpoint(path, self.trust)
