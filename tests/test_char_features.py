@@ -14,6 +14,7 @@ from seqmodels.data.batching import collate_classification
 from seqmodels.data.chars import GROUP_CUTS, SpelledWords, spell_batch
 from seqmodels.data.tagging import collate_tagging
 from seqmodels.data.vocab import PAD_ID
+from seqmodels.models import char_features
 from seqmodels.models.char_features import CharWordEncoder
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.sentiment import SentimentClassifier
@@ -91,9 +92,15 @@ def test_from_padded_ids_gives_the_collates_layout(seed):
     assert read.groups == built.groups
 
 
+@pytest.mark.parametrize("calls", ["cpu", "cuda"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("seed", range(5))
-def test_outputs_and_gradients_equal_the_reference(seed, cell):
+def test_outputs_and_gradients_equal_the_reference(seed, cell, calls, monkeypatch):
+    """Per length group (the CPU's calls) or in one call (CUDA's), the same numbers."""
+    grouping = char_features.call_groups
+    monkeypatch.setattr(char_features, "call_groups", lambda words, _: grouping(words, calls))
+    if calls == "cuda":
+        assert len(grouping(spell_batch(random_sentences(seed), 9), "cuda")) == 1
     torch.manual_seed(seed)
     encoder = CharWordEncoder(NUM_CHARS, 4, 5, cell=cell)
     sentences = random_sentences(seed)

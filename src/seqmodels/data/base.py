@@ -50,7 +50,7 @@ class DataModuleBase(L.LightningDataModule):
 
     def __init__(self, dataset: str | None, data_dir: str | None, download: bool,
                  batch_size: int, eval_batch_size: int | None, encoding_errors: str,
-                 pin_memory: bool, encoding: str = DEFAULT_ENCODING):
+                 pin_memory: bool | str, encoding: str = DEFAULT_ENCODING):
         super().__init__()
         # Checked here, before any training: a misspelt codec is one line, not a traceback.
         self.encoding = check_encoding(encoding)
@@ -63,11 +63,20 @@ class DataModuleBase(L.LightningDataModule):
         self.download = download
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        if pin_memory not in (True, False, "auto"):
+            raise DataError(f"data.pin_memory must be true, false or auto, got {pin_memory!r}")
         self.pin_memory = pin_memory
         self.vocabs: dict[str, Vocab] | None = None
         self.extra_words: tuple[list[str], int | None] | None = None  # see extend_words
         # What train.py and eval.py look at: which splits exist (split -> file, or None).
         self.paths: dict[str, str | None] = {}
+
+    def pins_memory(self) -> bool:
+        """``data.pin_memory``: ``auto`` pins batches when the run trains on CUDA, so that
+        their copies to the device overlap the step instead of waiting for it."""
+        if self.pin_memory != "auto":
+            return self.pin_memory
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def set_vocabs(self, vocabs: dict[str, Vocab]) -> None:
         """Use a trained model's vocabularies instead of building them from train."""
@@ -143,7 +152,7 @@ class SequenceDataModule(DataModuleBase):
         on_long: str = "truncate",
         encoding_errors: str = "strict",
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         seed: int = 0,
         encoding: str = DEFAULT_ENCODING,
     ):
@@ -244,7 +253,7 @@ class SequenceDataModule(DataModuleBase):
             batch_sampler=sampler,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.num_workers > 0,
         )
 

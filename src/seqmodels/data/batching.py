@@ -45,7 +45,9 @@ class Batch:
         def pin(t):
             return None if t is None else t.pin_memory()
 
-        return Batch(pin(self.tokens), self.lengths, pin(self.targets), pin(self.chars),
+        # lengths stay on the host but pinned too: the encoder's copy of them to the device
+        # is then asynchronous as well.
+        return Batch(pin(self.tokens), pin(self.lengths), pin(self.targets), pin(self.chars),
                      self.num_tokens)
 
     def __len__(self) -> int:

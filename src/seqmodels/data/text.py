@@ -179,7 +179,7 @@ class CharTextDataModule(DataModuleBase):
         eval_batch_size: int | None = None,
         bptt: int = 128,
         encoding_errors: str = "strict",
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         encoding: str = DEFAULT_ENCODING,
     ):
         super().__init__(dataset, data_dir, download, batch_size, eval_batch_size,
@@ -244,7 +244,7 @@ class CharTextDataModule(DataModuleBase):
             rank, world_size = self.rank_and_world_size()
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return TrackBatches(self.splits[split], batch_size, self.bptt, rank, world_size,
-                            self.pin_memory)
+                            self.pins_memory())
 
     # Plain iterables rather than DataLoaders: the order is the point, so Lightning must not
     # wrap them in a (shuffling) distributed sampler, and slicing needs no worker processes.
