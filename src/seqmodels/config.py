@@ -74,6 +74,10 @@ def exit_on_user_error(main):
         except SeqModelsError as error:
             record_in_log_files(f"{type(error).__name__}: {error}")
             print(f"error: {error}", file=sys.stderr)
+            from seqmodels.training.launch import in_sweep_job
+
+            if in_sweep_job():
+                raise  # Hydra records this job as failed; the sweep's other jobs run on
             sys.exit(1)
         except SIGTERMException:
             # Lightning's SIGTERM exit carries no status; a terminated run is not a success.

@@ -124,3 +124,12 @@ def _parallel_jobs_resolver(gpus, jobs_per_gpu, accelerator) -> int:
 
 
 OmegaConf.register_new_resolver("seqmodels_parallel_jobs", _parallel_jobs_resolver, replace=True)
+
+
+def in_sweep_job() -> bool:
+    """Whether this process runs a job of a ``-m`` sweep: there a user error fails the job
+    (Hydra records it, the other jobs run on), instead of ending the process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
