@@ -1,6 +1,9 @@
 """The choices seqmodels makes for a run on CUDA, checked on the CPU: batches pinned for the
-copies to overlap the step (``data.pin_memory=auto``), and a refusal of anything else."""
+copies to overlap the step (``data.pin_memory=auto``), and a refusal of anything else; and the
+captured-step benchmark, whose CUDA test runs in the device check."""
 
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,3 +44,25 @@ def test_a_pin_memory_setting_that_is_not_one_is_refused(tmp_path, monkeypatch):
     with pytest.raises((DataError, InstantiationException),
                        match="data.pin_memory must be true, false or auto"):
         instantiate(cfg.data)
+
+
+# -- captured training steps (scripts/bench_cuda_graphs.py) --------------------------------------
+def bench_cuda_graphs():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_cuda_graphs
+
+    return bench_cuda_graphs
+
+
+def test_graph_benchmark_runs_its_eager_arm_on_the_cpu():
+    result = bench_cuda_graphs().main(["--device", "cpu", "--steps", "2", "--vocab", "40"])
+    assert result["eager_steps_per_s"] > 0 and result["captured_steps_per_s"] is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_captured_step_trains_the_weights_the_eager_step_does():
+    bench = bench_cuda_graphs()
+    device = torch.device("cuda")
+    batches = bench.make_batches(4, 200, device)
+    assert bench.max_weight_difference(200, batches, device, count=10) < 1e-4
