@@ -49,8 +49,11 @@ format: install ## Format and fix what ruff can
 	cd $(ROOT) && $(BIN)/ruff check --fix src tests scripts
 	cd $(ROOT) && $(BIN)/ruff format src tests scripts
 
-tensorboard: install ## Watch every run under logs/ in TensorBoard
-	$(BIN)/tensorboard --logdir logs --bind_all
+# On this machine only (TensorBoard's default): logs, configs and sample texts are not served
+# to the network. From a laptop: ssh -L 6006:localhost:6006 <this machine>. To serve every
+# interface on purpose: make tensorboard ARGS=--bind_all.
+tensorboard: install ## Watch every run under logs/ in TensorBoard, on this machine only
+	$(BIN)/tensorboard --logdir logs $(ARGS)
 
 bench: install ## Run the benchmarks and rewrite docs/benchmarks.md
 	cd $(ROOT) && $(BIN)/python scripts/benchmark.py $(ARGS)
