@@ -203,8 +203,16 @@ def generic_block(module: str, title: str, owner: nn.Module, params: Iterable) -
     return Block(module, f"{title}: {type(owner).__name__}", rows=rows)
 
 
+def network_of(model: nn.Module) -> nn.Module:
+    """A task module's plain network (``model.net``, which holds every weight), named from
+    itself; any other module as it is."""
+    return getattr(model, "net", model)
+
+
 def describe(model: nn.Module) -> list[Block]:
-    """Every parameter of ``model`` exactly once, grouped into layers, in module order."""
+    """Every parameter of ``model`` (a task's network) exactly once, grouped into layers, in
+    module order."""
+    model = network_of(model)
     places = {}  # id(torch RNN) -> (encoder path, layer, direction, directions)
     for path, module in model.named_modules():
         if isinstance(module, RNNEncoder):
@@ -249,6 +257,6 @@ def module_totals(model: nn.Module, blocks: list[Block]) -> list[tuple[str, str,
     counts: dict[str, int] = {}
     for block in blocks:
         counts[block.module] = counts.get(block.module, 0) + block.count
-    children = dict(model.named_children())
+    children = dict(network_of(model).named_children())
     return [(name, type(children[name]).__name__ if name in children else type(model).__name__,
              count) for name, count in counts.items()]
