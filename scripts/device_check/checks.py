@@ -1,4 +1,4 @@
-"""Sections ``syncs``, ``deterministic`` and ``generation`` of ``scripts/device_check.sh``.
+"""Sections ``syncs``, ``deterministic`` and ``generation`` of the device check.
 
 syncs: host syncs per training step of each task. On a GPU, ``torch.cuda.set_sync_debug_mode``
 warns at every operation that makes the host wait for the device; on any device a
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from common import FAIL, PASS, SHARED, SKIP, TASK_NAMES, Context, benchmark, main, table
+from common import FAIL, PASS, SHARED, SKIP, TASK_NAMES, TASKS, Context, failed_row, table
 from device_arms import DeviceArmSpec
 from omegaconf import open_dict
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -70,8 +70,11 @@ class HostReads(TorchDispatchMode):
                 and args[0].device.type != "cpu"
         elif name == "aten::copy_" and len(args) > 1:
             hit = args[0].device.type == "cpu" and args[1].device.type != "cpu"
-        if hit:
-            self.places[f"{name.split('::')[1]} at {where(traceback.extract_stack())}"] += 1
+        if hit:  # the device read from: on a GPU only a non-CPU read makes the host wait
+            tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            device = "?" if tensor is None else tensor.device.type
+            self.places[f"{name.split('::')[1]} ({device}) at "
+                        f"{where(traceback.extract_stack())}"] += 1
         return func(*args, **kwargs)
 
 
@@ -89,8 +92,9 @@ class SyncCounter(L.Callback):
         if "synchronizing CUDA operation" in str(message):
             self._syncs[where(traceback.extract_stack())] += 1
 
-    def _open(self) -> None:
+    def _open(self, logs: bool) -> None:
         self._syncs = Counter()
+        self._logs = logs
         if self.cuda:
             self._warnings = warnings.catch_warnings()
             self._warnings.__enter__()
@@ -107,13 +111,15 @@ class SyncCounter(L.Callback):
         if self.cuda:
             torch.cuda.set_sync_debug_mode(0)
             self._warnings.__exit__(None, None, None)
-        self.steps.append({"syncs": dict(self._syncs), "reads": dict(self._mode.places)})
+        self.steps.append({"syncs": dict(self._syncs), "reads": dict(self._mode.places),
+                           "logs": self._logs})
         self._mode = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._close()
         if trainer.global_step >= self.warmup:
-            self._open()
+            # Lightning logs the step after which (steps so far + 1) % log_every_n_steps == 0.
+            self._open((trainer.global_step + 1) % trainer.log_every_n_steps == 0)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._close()  # a step's window ends before validation
@@ -130,7 +136,7 @@ def top(counter: Counter, n: int = 3) -> str:
 
 
 def syncs(ctx: Context):
-    warmup, steps = (3, 12) if ctx.cuda else (1, 4)
+    warmup, steps = (3, 10) if ctx.cuda else (1, 5)
     rows, figures, failed = [], {}, []
     for name in TASK_NAMES:
         try:
@@ -138,21 +144,29 @@ def syncs(ctx: Context):
         except Exception as error:  # noqa: BLE001  (one task fails; the others still run)
             traceback.print_exc()
             failed.append(name)
-            rows.append([f"`{benchmark.TASKS[name].experiment}`",
-                         f"**failed**: {type(error).__name__}: {error}"[:200], "", "", ""])
-    text = "\n".join([
-        "Per training step (after the warm-up; the trainer logs every 5th step): host syncs "
-        "that `torch.cuda.set_sync_debug_mode('warn')` reports, and data-dependent ops / "
-        "copies to the CPU a dispatch mode counts. Target (issue 16, section 2): 0 on a step "
-        "that does not log, apart from what packing needs.",
-        "", table(["task", "steps", "CUDA syncs per step", "host reads per step",
-                   "where (most frequent)"], rows)])
-    if failed:
-        return FAIL, text, figures
+            rows.append(failed_row(f"`{TASKS[name].experiment}`", error, 6))
+        ctx.partial(syncs_text(rows), figures)
+    text = syncs_text(rows)
+    waits = {name: f for name, f in figures.items() if any(f["syncs_per_step"])}
+    if failed or (ctx.cuda and waits):
+        return FAIL, (f"**host syncs on non-logging steps: {', '.join(waits)}**\n\n" if waits
+                      else "") + text, figures
     if not ctx.cuda:
         return SKIP, ("no CUDA: `torch.cuda.set_sync_debug_mode` needs a GPU; the CPU count of "
                       "data-dependent ops ran\n\n" + text), figures
     return PASS, text, figures
+
+
+def syncs_text(rows: list) -> str:
+    return "\n".join([
+        "Per training step after the warm-up, default callbacks (the trainer logs every 5th "
+        "step): host syncs that `torch.cuda.set_sync_debug_mode('warn')` reports, and the "
+        "data-dependent ops / copies to the CPU that a dispatch mode counts. A step's window "
+        "runs from one `on_train_batch_start` to the next (the next batch's loading and copy "
+        "included). Target: 0 on every step that does not log.", "",
+        table(["task", "steps (logging)", "CUDA syncs per non-logging step",
+               "on logging steps", "host reads per non-logging step", "where (most frequent)"],
+              rows)])
 
 
 def count_syncs(ctx: Context, name: str, warmup: int, steps: int, figures: dict) -> list:
@@ -164,35 +178,44 @@ def count_syncs(ctx: Context, name: str, warmup: int, steps: int, figures: dict)
         cfg.callbacks.device_check_syncs = {"_target_": "common.shared",
                                             "key": f"syncs_{name}"}
     train(cfg)
-    per_step = [sum(s["syncs"].values()) for s in counter.steps]
-    reads = [sum(s["reads"].values()) for s in counter.steps]
-    places_s = sum((Counter(s["syncs"]) for s in counter.steps), Counter())
-    places_r = sum((Counter(s["reads"]) for s in counter.steps), Counter())
-    figures[name] = {"syncs_per_step": per_step, "reads_per_step": reads,
-                     "sync_places": dict(places_s), "read_places": dict(places_r)}
-    experiment = benchmark.TASKS[name].experiment
-    return [f"`{experiment}`", len(counter.steps),
-            " ".join(map(str, per_step)) if ctx.cuda else "- (no CUDA)",
-            " ".join(map(str, reads)), top(places_s if ctx.cuda else places_r)]
+    quiet = [s for s in counter.steps if not s["logs"]]
+    logging_steps = [s for s in counter.steps if s["logs"]]
+    per_step = [sum(s["syncs"].values()) for s in quiet]
+    on_logging = [sum(s["syncs"].values()) for s in logging_steps]
+    reads = [sum(s["reads"].values()) for s in quiet]
+    places_s = sum((Counter(s["syncs"]) for s in quiet), Counter())
+    places_r = sum((Counter(s["reads"]) for s in quiet), Counter())
+    figures[name] = {"syncs_per_step": per_step, "syncs_on_logging_steps": on_logging,
+                     "reads_per_step": reads, "sync_places": dict(places_s),
+                     "read_places": dict(places_r)}
+    cuda = ctx.cuda
+    return [f"`{TASKS[name].experiment}`", f"{len(counter.steps)} ({len(logging_steps)})",
+            " ".join(map(str, per_step)) if cuda else "- (no CUDA)",
+            " ".join(map(str, on_logging)) if cuda else "-",
+            " ".join(map(str, reads)), top(places_s if cuda else places_r)]
 
 
 def deterministic(ctx: Context):
-    batches = 40 if ctx.cuda else 3
+    batches = 20 if ctx.cuda else 3
     rows, figures, differ = [], {}, []
     for name in TASK_NAMES:
         try:
             rows.append(train_twice(ctx, name, batches, figures))
         except Exception as error:  # noqa: BLE001  (one task fails; the others still run)
             traceback.print_exc()
-            rows.append([f"`{benchmark.TASKS[name].experiment}`",
+            rows.append([f"`{TASKS[name].experiment}`",
                          f"**failed**: {type(error).__name__}: {error}"[:200], "", "", ""])
         if not figures.get(name, {}).get("equal"):
             differ.append(name)
-    text = "\n".join([f"`trainer.deterministic=true`, one epoch of {batches} batches, twice per "
+        ctx.partial(deterministic_text(ctx, batches, rows), figures)
+    return (FAIL if differ else PASS), deterministic_text(ctx, batches, rows), figures
+
+
+def deterministic_text(ctx: Context, batches: int, rows: list) -> str:
+    return "\n".join([f"`trainer.deterministic=true`, one epoch of {batches} batches, twice per "
                       f"task on {ctx.device}:", "",
                       table(["task", "batches", "metric, run 1 / run 2", "max weight diff",
                              "bit-identical"], rows)])
-    return (FAIL if differ else PASS), text, figures
 
 
 def train_twice(ctx: Context, name: str, batches: int, figures: dict) -> list:
@@ -212,13 +235,13 @@ def train_twice(ctx: Context, name: str, batches: int, figures: dict) -> list:
     same = m1 == m2 and all(torch.equal(s1[k], s2[k]) for k in s1)
     monitor = "val/loss" if "val/loss" in m1 else sorted(m1)[0]
     figures[name] = {"metrics": [m1, m2], "max_weight_diff": diff, "equal": same}
-    return [f"`{benchmark.TASKS[name].experiment}`", batches,
+    return [f"`{TASKS[name].experiment}`", batches,
             f"{m1.get(monitor)!r} / {m2.get(monitor)!r} ({monitor})", f"{diff:.3g}",
             "yes" if same else "**NO**"]
 
 
 def generation(ctx: Context):
-    steps, chars = (60, 300) if ctx.cuda else (5, 40)
+    steps, chars = (40, 200) if ctx.cuda else (5, 40)
     cfg = ctx.compose("charlm", label="generation")
     L.seed_everything(0, verbose=False)
     datamodule, model = build_data_and_model(cfg)
@@ -269,5 +292,3 @@ def generation(ctx: Context):
     return PASS, text, figures
 
 
-if __name__ == "__main__":
-    main({"syncs": syncs, "deterministic": deterministic, "generation": generation})

@@ -1,5 +1,8 @@
 """The plain loop of ``scripts/plain_loops.py`` on an accelerator and in mixed precision, run
-beside a Lightning run by the same ``ShadowArms`` callback as the CPU benchmark.
+beside a Lightning run by the same ``ShadowArms`` callback as the CPU benchmark: the
+"framework overhead" arm of the throughput section (it trains the LightningModule itself,
+with its packing, loader and averaging, so it prices Lightning, not what the GPU can do; the
+strong anchor, ``scripts/benchmarks/anchor.py``, does that).
 
 What changes on a GPU: the batch goes to the device (lengths stay on the CPU, as the
 datamodule's ``transfer_batch_to_device`` leaves them), the forward and loss run under
@@ -13,14 +16,11 @@ import functools
 import time
 
 import torch
-from common import pl
+from common import synchronize
+
+import plain_loops as pl
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class DeviceArm(pl.Arm):

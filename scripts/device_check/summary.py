@@ -1,63 +1,47 @@
-"""``$OUT/summary.md`` and ``$OUT/results.json`` from what the sections of
-``scripts/device_check.sh`` left in its work directory: ``records.tsv`` (one line per section:
-name, status, seconds, budget, exit code), ``results/<section>.md|json`` and ``logs/<section>.log``.
+"""``$OUT/summary.md`` and ``$OUT/results.json``, rewritten by the driver after every section
+(and whenever a section reports rows), so that a run cut short still leaves both.
+
+A record is a dict: name, status (PASS, FAIL, SKIP, TIMEOUT, or RUNNING while it runs),
+seconds, budget, text (the section's markdown) and figures (its numbers, for results.json).
 """
 
-import argparse
 import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-TAIL_LINES = 15
+
+def first_line(text: str, width: int = 120) -> str:
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) < width else line[:width - 3] + "..."
 
 
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
-    if not path.is_file():
-        return "(no output)"
-    text = path.read_text(errors="replace").replace("\r", "\n")
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return "\n".join(line[:200] for line in kept) or "(no output)"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--mode", required=True)
-    parser.add_argument("--note", action="append", default=[])
-    args = parser.parse_args()
-    records = [line.split("\t") for line in
-               (args.work / "records.tsv").read_text().splitlines() if line.strip()]
+def render(meta: dict, records: list[dict]) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    total = sum(float(r[2]) for r in records)
-    lines = [f"# Device check, {args.mode}", "",
-             f"{when}, {platform.node()}, {total:.0f} s in sections. "
+    spent = sum(r["seconds"] for r in records)
+    lines = [f"# Device check, {meta['mode']}", "",
+             f"{when}, {platform.node()}; {spent:.0f} s in sections, "
+             f"{meta.get('elapsed', 0):.0f} s since the shell started. "
              "Made by `scripts/device_check.sh`.", ""]
-    lines += [f"- {note}" for note in args.note] + [""]
-    lines += ["| section | status | seconds (budget) | first line |", "|---|---|---|---|"]
-    results, sections = {}, []
-    for name, status, seconds, budget, code in records:
-        fragment = args.work / "results" / f"{name}.md"
-        body = fragment.read_text().strip() if fragment.is_file() else ""
-        if status == "FAIL" and code in ("124", "137"):
-            body = f"timed out after {budget} s\n\n{body}".strip()
-        first = body.splitlines()[0] if body else ""
-        first = first if len(first) < 120 else first[:117] + "..."
-        lines.append(f"| {name} | {status} | {float(seconds):.0f} ({budget}) | {first} |")
-        sections.append((name, status, body))
-        figures = args.work / "results" / f"{name}.json"
-        results[name] = {"status": status, "seconds": float(seconds), "budget": float(budget),
-                         "exit": code,
-                         "figures": json.loads(figures.read_text()) if figures.is_file() else {}}
-    for name, status, body in sections:
-        lines += ["", f"## {name}: {status}", "", body or "(the section wrote no result)", "",
-                  "<details><summary>output tail</summary>", "", "```",
-                  tail(args.work / "logs" / f"{name}.log"), "```", "", "</details>"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    lines += [f"- {note}" for note in meta.get("notes", [])]
+    boot = meta.get("boot") or {}
+    if boot:
+        lines.append("- boot: " + "; ".join(f"{k} {v:.2f} s" if isinstance(v, float) else
+                                            f"{k} {v}" for k, v in boot.items()))
+    lines += ["", "| section | status | seconds (budget) | first line |", "|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['name']} | {r['status']} | {r['seconds']:.0f} ({r['budget']:.0f}) "
+                     f"| {first_line(r['text'])} |")
+    for r in records:
+        lines += ["", f"## {r['name']}: {r['status']}", "",
+                  r["text"].strip() or "(the section wrote no result)"]
+    return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    main()
+def write(out: Path, meta: dict, records: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(render(meta, records))
+    results = {"mode": meta["mode"], "boot": meta.get("boot", {}), "notes": meta.get("notes", []),
+               "sections": {r["name"]: {k: r[k] for k in ("status", "seconds", "budget",
+                                                          "figures")} for r in records}}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -1,30 +1,48 @@
-"""Section ``throughput``: per task and precision, training tokens/s of ``train(cfg)`` (default
-callbacks, as ``seqmodels-train experiment=...`` runs) against the plain loop on the same device,
-in the same process, epochs interleaved (``plain_loops.ShadowArms``, as ``scripts/benchmark.py``
-measures the CPU). The ratio matters most where a step is shortest: SST-2 without adversarial
-training. Also which RNN kernels ran (``aten::_cudnn_rnn`` is cuDNN's fused kernel) and the peak
-GPU memory, from ``seqmodels.callbacks.throughput.Throughput``.
+"""Section ``throughput``: per task, in 32-true and bf16-mixed, training tokens/s of
+``train(cfg)`` (default callbacks, as ``seqmodels-train experiment=... trainer=gpu`` runs)
+against two arms run beside it in the same process, epoch for epoch (``ShadowArms``; the
+plain arms go after Lightning's epoch on even epochs, before it on odd ones):
 
-Runs go precision by precision (all of fp32 first), so that a budget cut short leaves the
-most important rows; a row that does not fit in the budget is recorded as not run.
+- the strong anchor (``scripts/benchmarks/anchor.py``): the same network, batches already on
+  the device, no syncs, fused Adam, the same recipe; seqmodels / anchor is the issue's target;
+- the plain loop (``device_arms.py``), which trains the LightningModule itself: the
+  "framework overhead" arm.
+
+Then, on the anchor alone, each ``model.encoder.variable_length`` of ``--varlen`` (default
+padded, packed) for the two sentence tasks, alternating: which one the GPU runs fastest.
+
+Rows go in order of importance (32-true, the variable-length comparison, bf16-mixed) and a
+row that would not fit in the budget is recorded as not run. The cuDNN kernels of a profiled
+step and the peak memory come with the 32-true rows.
 """
 
 import json
 import time
+from statistics import median
 
 import torch
-from common import FAIL, PASS, SKIP, Context, benchmark, main, pl, table
+from common import FAIL, PASS, SKIP, TASKS, Context, failed_row, table
 from device_arms import DeviceArmSpec
 from omegaconf import open_dict
 
+import plain_loops as pl
+from benchmarks.anchor import AnchorSpec, from_config
+from benchmarks.common import order_balanced_ratio, ratios, tps
 from seqmodels.cli.train import train
 from seqmodels.training.precision import cpu_bf16_rnns
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-# Batches per timed epoch and timed epochs (after one warm-up epoch).
-GPU_SIZES = {"batches": 50, "reps": 4}
-DRY_SIZES = {"batches": 2, "reps": 1}
-ROW_SECONDS = {"gpu": 25.0, "cpu": 10.0}  # no row starts with less of the budget left
+PRECISIONS = ("32-true", "bf16-mixed")
+SENTENCE_TASKS = ("sentiment", "tagging")
+# Batches per timed epoch and timed epochs after one warm-up (an even count: whole pairs).
+GPU_SIZES = {"batches": 30, "reps": 4}
+DRY_SIZES = {"batches": 2, "reps": 2}
+ROW_SECONDS = {"gpu": 12.0, "cpu": 3.0}  # no row starts with less of the budget left
+
+TRAIN_HEADER = ["experiment", "precision", "batches x epochs", "seqmodels tokens/s (steps/s)",
+                "anchor tokens/s (steps/s)", "plain loop tokens/s", "seqmodels / anchor",
+                "seqmodels / plain", "peak MiB", "cuDNN RNN"]
+VARLEN_HEADER = ["experiment", "precision", "variable_length", "anchor tokens/s", "steps/s",
+                 "vs the first"]
 
 
 def precision_skip(ctx: Context, precision: str) -> str | None:
@@ -32,105 +50,150 @@ def precision_skip(ctx: Context, precision: str) -> str | None:
     if precision == "32-true":
         return None
     if not ctx.cuda:
-        if precision == "16-mixed":
-            return "fp16 autocast with loss scaling is for GPUs (a CPU runs it as bf16-mixed)"
         probe = cpu_bf16_rnns()
         return None if probe.works else probe.reason
-    if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+    if not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name()} has no bfloat16"
     return None
 
 
-def measure(ctx: Context, key: str, task_name: str, precision: str, extra: list[str]) -> dict:
+def steps_per_second(arm, warmup: int = 1) -> float:
+    kept = arm.epochs[warmup:] or arm.epochs
+    return median(m.batches / m.seconds for m in kept)
+
+
+def measure_train(ctx: Context, task: str, precision: str) -> dict:
     sizes = GPU_SIZES if ctx.cuda else DRY_SIZES
-    reps = sizes["reps"]
-    overrides = [f"trainer.precision={precision}",
-                 f"++trainer.limit_train_batches={sizes['batches']}",
-                 "++trainer.limit_val_batches=2", "++trainer.val_check_interval=1.0",
-                 f"trainer.max_epochs={2 * reps + 1}", f"trainer.min_epochs={reps + 1}",
-                 f"callbacks.early_stopping.patience={2 * reps + 2}", "test=false", *extra]
-    cfg = ctx.compose(task_name, *overrides, label=f"{key}_{precision}")
-    plan_name = f"{key}_{precision}"
-    pl.PLANS[plan_name] = plan = {"cfg": cfg, "specs": [DeviceArmSpec("plain loop")],
-                                  "evaluate": False, "clean_reps": reps}
+    reps, batches = sizes["reps"], sizes["batches"]
+    cfg = ctx.compose(task, f"trainer.precision={precision}",
+                      f"++trainer.limit_train_batches={batches}", "++trainer.limit_val_batches=2",
+                      "++trainer.num_sanity_val_steps=0", "++trainer.val_check_interval=1.0",
+                      f"trainer.max_epochs={reps + 1}", f"trainer.min_epochs={reps + 1}",
+                      f"callbacks.early_stopping.patience={reps + 2}", "test=false",
+                      label=f"{task}_{precision}")
+    key = f"throughput_{task}_{precision}"
+    pl.PLANS[key] = plan = {"cfg": cfg, "evaluate": False, "clean_reps": None,
+                            "specs": [AnchorSpec("strong anchor"), DeviceArmSpec("plain loop")]}
+    profile = precision == "32-true"
     with open_dict(cfg):
         cfg.callbacks.device_check_shadow = {"_target_": "device_arms.DeviceShadowArms",
-                                             "plan": plan_name}
-        # Kernels and peak memory only (its timing spans both arms); the profiled step is in
-        # the warm-up epoch, which no ratio uses.
-        cfg.callbacks.device_check_throughput = {
-            "_target_": "seqmodels.callbacks.throughput.Throughput",
-            "output_dir": cfg.paths.output_dir,
-            "warmup_steps": sizes["batches"], "profile_step": 1}
+                                             "plan": key}
+        if profile:  # kernels of one profiled step (in the warm-up epoch) and peak memory
+            cfg.callbacks.device_check_throughput = {
+                "_target_": "seqmodels.callbacks.throughput.Throughput",
+                "output_dir": cfg.paths.output_dir, "warmup_steps": batches, "profile_step": 1}
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats()
     train(cfg)
-    framework, plain = plan["arms"]
-    report_path = cfg.paths.output_dir + "/throughput.json"
-    report = json.loads(open(report_path).read())
-    return {"key": key, "precision": precision, "batches": sizes["batches"],
-            "epochs": len(framework.epochs) - 1, "plain_tps": benchmark.tps(plain),
-            "lightning_tps": benchmark.tps(framework),
-            "ratio": benchmark.order_balanced_ratio(framework, plain),
-            "per_epoch": benchmark.ratios(framework, plain),
-            "peak_mib": report.get("peak_memory_mib"), "kernels": report.get("rnn_kernels")}
+    framework, anchor, plain = plan["arms"]
+    report = {}
+    if profile:
+        with open(cfg.paths.output_dir + "/throughput.json") as handle:
+            report = json.load(handle)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if ctx.cuda else None
+    return {"task": task, "precision": precision, "batches": batches,
+            "epochs": len(framework.epochs) - 1,
+            "seqmodels_tps": tps(framework), "anchor_tps": tps(anchor), "plain_tps": tps(plain),
+            "seqmodels_steps_per_s": steps_per_second(framework),
+            "anchor_steps_per_s": steps_per_second(anchor),
+            "plain_steps_per_s": steps_per_second(plain),
+            "vs_anchor": order_balanced_ratio(framework, anchor),
+            "vs_plain": order_balanced_ratio(framework, plain),
+            "per_epoch_vs_anchor": ratios(framework, anchor),
+            "seconds_per_epoch": {arm.name: [m.seconds for m in arm.epochs]
+                                  for arm in plan["arms"]},
+            "peak_mib": peak, "kernels": report.get("rnn_kernels")}
 
 
-def kernels_cell(ctx: Context, kernels: dict | None) -> str:
-    if not ctx.cuda:
-        return ", ".join(sorted(kernels or {})) or "-"
-    return "yes" if "aten::_cudnn_rnn" in (kernels or {}) else f"NO {sorted(kernels or {})}"
+def train_row(ctx: Context, r: dict) -> list:
+    kernels = r["kernels"]
+    if kernels is None:
+        cell = "-"
+    elif ctx.cuda:
+        cell = "yes" if "aten::_cudnn_rnn" in kernels else f"NO {sorted(kernels)}"
+    else:
+        cell = ", ".join(sorted(kernels)) or "-"
+    return [f"`{TASKS[r['task']].experiment}`", r["precision"], f"{r['batches']} x {r['epochs']}",
+            f"{r['seqmodels_tps']:,.0f} ({r['seqmodels_steps_per_s']:.1f})",
+            f"{r['anchor_tps']:,.0f} ({r['anchor_steps_per_s']:.1f})", f"{r['plain_tps']:,.0f}",
+            f"**{r['vs_anchor']:.3f}**", f"{r['vs_plain']:.3f}",
+            "-" if r["peak_mib"] is None else f"{r['peak_mib']:,.0f}", cell]
 
 
-def section(ctx: Context):
-    runs = benchmark.overhead_runs(benchmark.TASKS)
-    rows, figures, failed = [], [], []
+def measure_varlen(ctx: Context, task: str, precision: str, variants: list[str]) -> list[dict]:
+    """The anchor with each ``model.encoder.variable_length``, every one from the same seed
+    (the same initial weights and batches), epochs alternating."""
+    sizes = GPU_SIZES if ctx.cuda else DRY_SIZES
+    arms = []
+    for variant in variants:
+        cfg = ctx.compose(task, f"trainer.precision={precision}",
+                          f"model.encoder.variable_length={variant}",
+                          label=f"varlen_{task}_{variant}")
+        anchor, _ = from_config(cfg, ctx.device, name=variant)
+        arms.append(anchor)
+    pl.alternate(arms, sizes["reps"], sizes["batches"])
+    first = arms[0]
+    return [{"task": task, "precision": precision, "variant": arm.name, "tps": tps(arm),
+             "steps_per_s": steps_per_second(arm), "vs_first": median(ratios(arm, first)),
+             "seconds_per_epoch": [m.seconds for m in arm.epochs]} for arm in arms]
+
+
+def throughput(ctx: Context):
+    variants = ctx.options.get("varlen") or ["padded", "packed"]
+    work = []  # (kind, task, precision) in order of importance
     for precision in PRECISIONS:
+        work += [("train", task, precision) for task in TASKS]
+        work += [("varlen", task, precision) for task in SENTENCE_TASKS]
+    trained, varlen, failed = [], [], []
+    train_rows, varlen_rows = [], []
+    for kind, task, precision in work:
+        experiment = f"`{TASKS[task].experiment}`"
+        rows = train_rows if kind == "train" else varlen_rows
+        width = len(TRAIN_HEADER if kind == "train" else VARLEN_HEADER)
         why = precision_skip(ctx, precision)
-        for key, name, label, extra in runs:
-            first = [f"`{label}`", precision]
-            if why:
-                rows.append(first + ["skipped: " + why] + [""] * 5)
-                continue
-            if ctx.left() < ROW_SECONDS["gpu" if ctx.cuda else "cpu"]:
-                rows.append(first + ["not run: the section's budget was spent"] + [""] * 5)
-                continue
-            ctx.partial(describe(ctx, rows))  # summary.md shows the rows so far on a timeout
-            started = time.monotonic()
-            try:
-                r = measure(ctx, key, name, precision, extra)
-            except Exception as error:  # noqa: BLE001  (a row fails; the others still run)
-                failed.append(f"{label} {precision}")
-                rows.append(first + [f"**failed**: {type(error).__name__}: {error}"[:200]]
-                            + [""] * 5)
-                print(f"{label} {precision}: {error!r}", flush=True)
-                continue
-            r["seconds"] = time.monotonic() - started
-            figures.append(r)
-            rows.append(first + [f"{r['batches']} x {r['epochs']}", f"{r['plain_tps']:,.0f}",
-                                 f"{r['lightning_tps']:,.0f}", f"**{r['ratio']:.3f}**",
-                                 f"{r['peak_mib']:,.0f}" if r["peak_mib"] else "-",
-                                 kernels_cell(ctx, r["kernels"])])
-            print(f"{label} {precision}: ratio {r['ratio']:.3f} ({r['seconds']:.0f} s)",
-                  flush=True)
-    text = describe(ctx, rows)
+        if why or ctx.left() < ROW_SECONDS["gpu" if ctx.cuda else "cpu"]:
+            reason = f"skipped: {why}" if why else "not run: the section's budget was spent"
+            rows.append([experiment, precision, reason] + [""] * (width - 3))
+            continue
+        started = time.monotonic()
+        try:
+            if kind == "train":
+                r = measure_train(ctx, task, precision)
+                trained.append(r)
+                rows.append(train_row(ctx, r))
+                print(f"{task} {precision}: seqmodels / anchor {r['vs_anchor']:.3f}, / plain "
+                      f"{r['vs_plain']:.3f} ({time.monotonic() - started:.0f} s)", flush=True)
+            else:
+                for v in measure_varlen(ctx, task, precision, variants):
+                    varlen.append(v)
+                    rows.append([experiment, precision, v["variant"], f"{v['tps']:,.0f}",
+                                 f"{v['steps_per_s']:.1f}", f"**{v['vs_first']:.2f}x**"])
+                print(f"{task} {precision} variable lengths: {time.monotonic() - started:.0f} s",
+                      flush=True)
+        except Exception as error:  # noqa: BLE001  (a row fails; the others still run)
+            failed.append(f"{kind} {task} {precision}")
+            rows.append(failed_row(experiment, error, width))
+            print(f"{kind} {task} {precision}: {error!r}", flush=True)
+        figures = {"train": trained, "varlen": varlen, "failed": failed}
+        ctx.partial(describe(ctx, train_rows, varlen_rows, variants), figures)
+    text = describe(ctx, train_rows, varlen_rows, variants)
+    figures = {"train": trained, "varlen": varlen, "failed": failed}
     if failed:
-        return FAIL, text, {"rows": figures, "failed": failed}
-    if not figures:
-        return SKIP, "nothing measured\n\n" + text, {}
-    return PASS, text, {"rows": figures}
+        return FAIL, text, figures
+    if not trained:
+        return SKIP, "nothing measured\n\n" + text, figures
+    return PASS, text, figures
 
 
-def describe(ctx: Context, rows: list[list]) -> str:
-    device = torch.cuda.get_device_name() if ctx.cuda else "CPU (dry run: figures mean nothing)"
+def describe(ctx: Context, train_rows: list, varlen_rows: list, variants: list[str]) -> str:
+    sizes = GPU_SIZES if ctx.cuda else DRY_SIZES
     return "\n".join([
-        f"Training tokens/s on {device}: the plain loop and `train(cfg)` with default callbacks, "
-        "epochs interleaved in one process; ratio = seqmodels / plain (median over pairs of "
-        "epochs, the warm-up epoch left out; target >= 0.95). Peak memory holds both models.",
-        "",
-        table(["run", "precision", "batches x epochs", "plain tokens/s", "seqmodels tokens/s",
-               "ratio", "peak MiB", "cuDNN RNN" if ctx.cuda else "RNN ops"], rows)])
-
-
-if __name__ == "__main__":
-    main({"throughput": section})
+        f"Training tokens/s on {ctx.device_name()}, {sizes['batches']} batches an epoch, one "
+        f"warm-up and {sizes['reps']} timed epochs: `train(cfg)` with default callbacks, the "
+        "strong anchor (same network, batches on the device, no syncs) and the plain loop "
+        "(the LightningModule in a loop), epochs interleaved in one process; ratios: median "
+        "over pairs of epochs (target seqmodels / anchor >= 0.95).", "",
+        table(TRAIN_HEADER, train_rows), "",
+        f"The strong anchor alone, `model.encoder.variable_length` = {', '.join(variants)}, "
+        "epochs alternating:", "",
+        table(VARLEN_HEADER, varlen_rows) if varlen_rows else "(not run)"])
