@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import ROOT
+from tests.tiny_datasets import write_named_datasets, write_own_files
 
 BIN = Path(sys.executable).parent
 # A small model, so that an epoch of the tiny SST-2 takes a fraction of a second.
@@ -27,6 +29,29 @@ def command(tool: str, *args: str, cwd: Path, env: dict, timeout: int = 300,
     return subprocess.run([str(BIN / f"seqmodels-{tool}"), *args], cwd=cwd,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, dict]:
+    """One user's directory for the module (their own files as the README names them) and the
+    tiny named datasets: later tests use the runs of earlier ones."""
+    cwd = tmp_path_factory.mktemp("user")
+    data_dir = write_named_datasets(tmp_path_factory.mktemp("data"))
+    write_own_files(cwd)
+    return cwd, {"SEQMODELS_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The command failed with one line on stderr (no traceback): that line."""
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def run_dir_of(result: subprocess.CompletedProcess) -> Path:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Path(result.stdout.split("run directory: ")[1].split()[0])
 
 
 def session_end_status(run_dir: Path) -> int:
@@ -67,3 +92,55 @@ def test_ctrl_c_writes_last_ckpt_says_one_line_and_exits_130(user):
     assert last.stat().st_mtime_ns > written
     status = session_end_status(run_dir)
     assert status not in (api_pb2.STATUS_SUCCESS, api_pb2.STATUS_RUNNING), status
+
+
+# -- 2. comma-separated files and JSON lines ---------------------------------------------------
+@pytest.fixture(scope="module")
+def csv_run(workspace) -> Path:
+    """A spreadsheet's CSV export (``id,review,label``, quoted commas, cp1252), trained on as
+    the README says, with a tenth of it held out for testing."""
+    cwd, env = workspace
+    result = command("train", "data=text_classification", "data.train_path=my/reviews.csv",
+                     "data.format=csv", "data.encoding=cp1252", "data.test_fraction=0.1",
+                     *SMALL, "trainer.max_epochs=1", cwd=cwd, env=env)
+    return run_dir_of(result)
+
+
+def test_a_csv_file_trains_evaluates_and_predicts(workspace, csv_run):
+    cwd, env = workspace
+    vocab = (csv_run / "vocab.json").read_text(encoding="utf-8")
+    assert '"negative"' in vocab and '"positive"' in vocab  # the label column, by its name
+    assert "isn\u2019t" in vocab or "isn’t" in vocab  # cp1252's apostrophe, decoded
+    evaluated = command("eval", f"ckpt_path={csv_run}/checkpoints/last.ckpt", cwd=cwd, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test/acc" in evaluated.stdout + evaluated.stderr
+    predicted = command("predict", f"ckpt_path={csv_run}/checkpoints/last.ckpt",
+                        "input=my/reviews.csv", "input_format=csv", cwd=cwd, env=env)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    header, first, *rest = predicted.stdout.splitlines()
+    assert header.split("\t")[:3] == ["line", "text", "label"]
+    line, text, label, *probs = first.split("\t")
+    assert line == "2" and text.endswith('("so" they say)') and label in ("negative", "positive")
+    assert all(len(p.split(".")[1]) == 4 for p in probs), probs  # 4 decimals
+    assert len(rest) == 79
+
+
+def test_json_lines_train(workspace):
+    cwd, env = workspace
+    result = command("train", "data=text_classification", "data.train_path=my/reviews.jsonl",
+                     "data.format=jsonl", *SMALL, "trainer.max_epochs=1", "test=false",
+                     cwd=cwd, env=env)
+    assert '"positive"' in (run_dir_of(result) / "vocab.json").read_text()
+
+
+def test_a_csv_file_read_in_another_format_is_told_data_format_csv(workspace):
+    """The file's name says CSV (read as the default label_text), or, named .txt and read as
+    tsv, its first line does."""
+    cwd, env = workspace
+    plain = cwd / "my" / "reviews_csv.txt"
+    plain.write_bytes((cwd / "my" / "reviews.csv").read_bytes())
+    for args in (["data.train_path=my/reviews.csv"],
+                 [f"data.train_path={plain.relative_to(cwd)}", "data.format=tsv"]):
+        line = one_line_error(command("train", "data=text_classification", *args,
+                                      "data.encoding=cp1252", cwd=cwd, env=env))
+        assert "data.format=csv" in line, line

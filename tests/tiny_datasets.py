@@ -2,7 +2,9 @@
 (``sst2/``, ``ud_ewt/``, ``tinyshakespeare/``), and for a user's own files: what the README's
 commands read when the tests run them as a user types them."""
 
+import csv
 import gzip
+import json
 import random
 from pathlib import Path
 
@@ -90,6 +92,29 @@ def write_glove(path: Path, dim: int, seed: int = 0, word2vec_header: bool = Fal
     return path
 
 
+def write_reviews_csv(path: Path, lines: list[str]) -> Path:
+    """A spreadsheet's export: ``id,review,label`` with a header, reviews quoted where they hold
+    commas or quotes, Windows line endings, cp1252 (its curly apostrophe is byte 0x92, which is
+    not UTF-8)."""
+    rows = [["id", "review", "label"]]
+    for i, line in enumerate(lines):
+        label, words = line.split()[0], line.split()[1:]
+        text = " ".join(words) + (", isn\u2019t it" if i % 2 else ' ("so" they say)')
+        rows.append([str(i), text, "positive" if label == "1" else "negative"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="cp1252", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def write_reviews_jsonl(path: Path, lines: list[str]) -> Path:
+    """JSON lines: ``{"text": ..., "label": ...}`` and an extra key."""
+    records = [{"id": i, "text": " ".join(line.split()[1:]),
+                "label": "positive" if line[0] == "1" else "negative"}
+               for i, line in enumerate(lines)]
+    return write_lines(path, [json.dumps(record) for record in records])
+
+
 def write_own_files(folder: Path) -> None:
     """A user's own files, as the README's examples name them (``my/``, ``my_corpus/``, ...)."""
     my = folder / "my"
@@ -102,6 +127,8 @@ def write_own_files(folder: Path) -> None:
         " ".join(line.split()[1:]) + (" café" if i % 3 else " naïve") + "\t"
         + ("pos" if line[0] == "1" else "neg") for i, line in enumerate(sentiment_lines(80, 9))]
     (my / "reviews.tsv").write_bytes(("\n".join(reviews) + "\n").encode("latin-1"))
+    write_reviews_csv(my / "reviews.csv", sentiment_lines(80, 10))
+    write_reviews_jsonl(my / "reviews.jsonl", sentiment_lines(80, 11))
     write_lines(my / "train.conllu", conllu(tagged_sentences(60, 5)))
     write_lines(my / "dev.conllu", conllu(tagged_sentences(20, 6)))
     columns = []

@@ -8,7 +8,9 @@ no data settings (written before seqmodels-train saved them, or not by seqmodels
 refused.
 
 Input is whitespace-tokenised, one sentence a line, as the training readers do. Blank lines
-hold no sentence and are skipped; every output record names its input line (``line``).
+hold no sentence and are skipped; every output record names its input line (``line``). CSV
+(``input_format=csv``) and JSON-lines (``input_format=jsonl``) input name the text's column
+or key with ``text_column=`` (by default a header's usual text name, ``text``).
 """
 
 import json
@@ -38,13 +40,17 @@ from seqmodels.data.files import (
     decode_lines,
     read_lines,
 )
+from seqmodels.data.labelled_text import csv_rows, json_records, text_column_of, tokens_of
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("tsv", "jsonl")
-INPUT_FORMATS = ("text", "conllu", "column")
+INPUT_FORMATS = ("text", "csv", "jsonl", "conllu", "column")
+SENTENCE_FORMATS = ("text", "csv", "jsonl")  # one sentence a record: for classifiers too
+# Probabilities are printed to this many decimals: more is noise to a reader.
+PROBABILITY_DIGITS = 4
 # Sentences sorted by length together: a pool of this many batches is read, predicted and
 # written before the next is read, so memory stays bounded and output starts early.
 POOL_BATCHES = 64
@@ -66,13 +72,25 @@ def input_lines(source: str, errors: str = "strict",
 
 
 def read_sentences(lines: Iterable[tuple[int, str]], input_format: str,
-                   source: str) -> Iterator[Sentence]:
-    """Sentences of ``text`` (one a line), ``conllu`` (FORM column) or ``column`` (first
+                   source: str, text_column=None) -> Iterator[Sentence]:
+    """Sentences of ``text`` (one a line), ``csv`` (a column of comma-separated records),
+    ``jsonl`` (a key of one object a line), ``conllu`` (FORM column) or ``column`` (first
     whitespace column; blank lines end sentences) input. Tags in the input are ignored."""
     if input_format == "text":
         for number, line in lines:
             if line.strip():
                 yield line.split(), number
+        return
+    if input_format == "csv":
+        yield from csv_sentences(lines, source, text_column)
+        return
+    if input_format == "jsonl":
+        key = "text" if text_column is None else str(text_column)
+        for number, record in json_records(lines, source):
+            if key not in record:
+                raise DataError(f"the object has no {key!r} key (it has {sorted(record)}); name "
+                                "the text's key with text_column=<key>", source, number)
+            yield tokens_of(record[key]), number
         return
     tokens, first = [], 0
     for number, line in lines:
@@ -87,6 +105,21 @@ def read_sentences(lines: Iterable[tuple[int, str]], input_format: str,
             tokens.append(token)
     if tokens:
         yield tokens, first
+
+
+def csv_sentences(lines: Iterable[tuple[int, str]], source: str,
+                  text_column) -> Iterator[Sentence]:
+    rows = csv_rows(lines, source)
+    first = next(rows, None)
+    if first is None:
+        return
+    number, fields = first
+    header, column = text_column_of(fields, text_column, "text_column", source, number)
+    for number, fields in rows if header else chain([first], rows):
+        if not -len(fields) <= column < len(fields):
+            raise DataError(f"the record has {len(fields)} fields, too few for the text's column "
+                            f"({column})", source, number)
+        yield fields[column].split(), number
 
 
 def _token_of(line: str, input_format: str, source: str, number: int) -> str | None:
@@ -189,10 +222,12 @@ def classification_writer(out: TextIO, labels: list[str], output_format: str):
         probs = probs.tolist()
         label = labels[max(range(len(probs)), key=probs.__getitem__)]
         if output_format == "tsv":
-            out.write("\t".join([str(line), " ".join(words), label, *map(repr, probs)]) + "\n")
+            shown = [f"{p:.{PROBABILITY_DIGITS}f}" for p in probs]
+            out.write("\t".join([str(line), " ".join(words), label, *shown]) + "\n")
         else:
             record = {"line": line, "text": " ".join(words), "label": label,
-                      "probs": dict(zip(labels, probs))}
+                      "probs": {name: round(p, PROBABILITY_DIGITS)
+                                for name, p in zip(labels, probs)}}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     return write
@@ -244,9 +279,10 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     if model.task not in ("classification", "tagging"):
         raise ConfigError(f"{cfg.ckpt_path} holds a {model.task} model; seqmodels-predict "
                           "reads classifiers and taggers")
-    if model.task == "classification" and cfg.input_format != "text":
+    if model.task == "classification" and cfg.input_format not in SENTENCE_FORMATS:
         raise ConfigError(f"input_format={cfg.input_format} is for tagging checkpoints; a "
-                          "classifier reads one sentence a line (input_format=text)")
+                          "classifier reads one sentence a record (input_format=text, csv "
+                          "or jsonl)")
     model.to(device).eval()
     recorded = recorded_data_config(str(cfg.ckpt_path), model)
     lowercase = bool(setting(cfg, recorded, "lowercase"))
@@ -255,7 +291,7 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     source = str(cfg.input)
     name = "<stdin>" if source == "-" else source
     sentences = read_sentences(input_lines(source, cfg.encoding_errors, encoding),
-                               cfg.input_format, name)
+                               cfg.input_format, name, cfg.get("text_column"))
     first = next(sentences, None)  # before any output: an empty input writes nothing at all
     if first is None:
         raise DataError("no sentence to predict: the input has only blank lines", name)

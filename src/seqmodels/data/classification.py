@@ -1,5 +1,5 @@
-"""Sentence classification data: SST-2 and a user's own label-text or TSV files (read by
-``seqmodels.data.labelled_text``)."""
+"""Sentence classification data: SST-2 and a user's own label-text, TSV, CSV or JSON-lines
+files (read by ``seqmodels.data.labelled_text``)."""
 
 import logging
 import random
@@ -9,13 +9,24 @@ from pathlib import Path
 from seqmodels.data.base import SequenceDataModule
 from seqmodels.data.batching import collate_classification
 from seqmodels.data.chars import Speller, build_char_vocab
-from seqmodels.data.labelled_text import Column, Example, read_label_text, read_tsv
+from seqmodels.data.labelled_text import (
+    Column,
+    Example,
+    read_csv,
+    read_jsonl,
+    read_label_text,
+    read_tsv,
+)
 from seqmodels.data.vocab import Vocab
 from seqmodels.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("label_text", "tsv")
+READERS = {"label_text": read_label_text, "tsv": read_tsv, "csv": read_csv, "jsonl": read_jsonl}
+FORMATS = tuple(READERS)
+# Files whose name says their format: read in another one, they would give nonsense or errors
+# that do not say why.
+FORMAT_OF_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 # The test share of a train file is drawn with this seed, not the run's: the same examples
 # test every run (and seqmodels-eval) on the same file.
@@ -48,11 +59,13 @@ def label_order(labels: set[str]) -> list[str]:
 class TextClassificationDataModule(SequenceDataModule):
     """One label per sentence.
 
-    :param format: ``label_text`` (``LABEL tokens...``) or ``tsv`` (tab-separated columns;
-        see ``read_tsv`` for the header and the columns).
-    :param text_column, label_column: ``tsv`` only: a 0-based column index (negative from the
-        end) or a name in the files' header line; by default the header's usual names, else
-        the label is the last column and the text everything before it.
+    :param format: ``label_text`` (``LABEL tokens...``), ``tsv`` (tab-separated columns; see
+        ``read_tsv`` for the header and the columns), ``csv`` (comma-separated, quoted as the
+        ``csv`` module reads it; columns as for ``tsv``) or ``jsonl`` (one JSON object a line).
+    :param text_column, label_column: ``tsv``/``csv``: a 0-based column index (negative from
+        the end) or a name in the files' header line; by default the header's usual names,
+        else the label is the last column and the text everything before it. ``jsonl``: the
+        keys (``text`` and ``label`` by default).
     :param labels: the allowed label set; by default the labels seen in train.
     :param lowercase: lower-case tokens before they meet the vocabulary.
     :param min_freq, max_size: vocabulary limits (train only).
@@ -89,10 +102,10 @@ class TextClassificationDataModule(SequenceDataModule):
         super().__init__(*args, **kwargs)
         if format not in FORMATS:
             raise DataError(f"data.format={format!r} is not one of {list(FORMATS)}")
-        if format != "tsv" and (text_column is not None or label_column is not None):
-            raise DataError(f"data.text_column and data.label_column choose the columns of "
-                            f"tab-separated files: set data.format=tsv (not {format!r}) or "
-                            "leave them null")
+        if format == "label_text" and (text_column is not None or label_column is not None):
+            raise DataError("data.text_column and data.label_column choose the columns of "
+                            "tsv, csv or jsonl files: set data.format=tsv (or csv, jsonl), "
+                            "not 'label_text', or leave them null")
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
@@ -123,11 +136,15 @@ class TextClassificationDataModule(SequenceDataModule):
         self._carved: dict[str, list[Example]] = {}
 
     def read(self, path: Path) -> list[Example]:
-        if self.format == "tsv":
-            examples = read_tsv(path, self.encoding_errors, self.encoding, self.text_column,
-                                self.label_column)
-        else:
+        named = FORMAT_OF_SUFFIX.get(Path(path).suffix.lower())
+        if named is not None and named != self.format:
+            raise DataError(f"a {Path(path).suffix} file read with data.format={self.format}: "
+                            f"read it with data.format={named}", path)
+        if self.format == "label_text":
             examples = read_label_text(path, self.encoding_errors, self.encoding)
+        else:
+            examples = READERS[self.format](path, self.encoding_errors, self.encoding,
+                                            self.text_column, self.label_column)
         if self.lowercase:
             examples = [([t.lower() for t in tokens], label, n) for tokens, label, n in examples]
         return examples
