@@ -1,10 +1,17 @@
-"""minGRU and minLSTM: the parallel log-space scan against a plain step-by-step loop of the
-paper's equations (written out here, independently of the module), in float32, over long
+"""minGRU and minLSTM: both scans (the PyTorch two-level scan, and the fused Triton kernel on
+CUDA or under ``TRITON_INTERPRET=1`` where Triton imports) against a plain step-by-step loop of
+the paper's equations (written out here, independently of the module), in float32, over long
 sequences, under bf16 autocast and on CUDA; padding that cannot reach results or gradients;
-the carried state; generation one step at a time; the presets in all three tasks.
+the carried state; generation one step at a time; the presets in all three tasks; the
+benchmark script at a tiny size.
 
 The encoder's contract tests (each sequence alone, every depth, direction and merge) run over
 these cells too, in tests/test_encoder.py."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,17 +19,43 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from seqmodels.data.vocab import Vocab
+from seqmodels.models import scan_triton
 from seqmodels.models.charlm import CharLanguageModel
 from seqmodels.models.encoder import RNNEncoder
-from seqmodels.models.parallel_cells import log_coefficients, scan
+from seqmodels.models.parallel_cells import coefficients
 from seqmodels.models.sampling import make_stepper
+from seqmodels.models.scan import linear_scan
 from seqmodels.models.sentiment import SentimentClassifier
 from seqmodels.models.tagger import SequenceTagger
 from tests.conftest import compose_config
 
 PARALLEL = ["mingru", "minlstm"]
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                              reason="needs a CUDA GPU")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+# (device, scan): the PyTorch scan everywhere, the Triton kernel on CUDA and, on a CPU where
+# Triton imports, under its interpreter (TRITON_INTERPRET=1 python -m pytest ...; slow: the
+# interpreter runs only the small cases).
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and scan_triton.available()
+SCANS = [pytest.param(("cpu", "torch"), id="torch"),
+         pytest.param(("cpu", "triton"), id="triton_interpreter", marks=pytest.mark.skipif(
+             not INTERPRETED, reason="needs Triton and TRITON_INTERPRET=1")),
+         pytest.param(("cuda", "triton"), id="cuda", marks=CUDA),
+         pytest.param(("cuda", "torch"), id="cuda_torch_scan", marks=CUDA)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def on(scan, encoder):
+    """The encoder on the scan's device, running that scan."""
+    device, backend = scan
+    encoder.rnn.scan_backend = backend
+    return encoder.to(device)
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+    """Chunks of 8 steps in the Triton kernel, so that small cases run several of them."""
+    monkeypatch.setattr(scan_triton, "MIN_CHUNK", 8)
 
 
 def _g(v):
@@ -66,12 +99,14 @@ def reference(encoder, x, state=None):
     return outputs, torch.stack(finals)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scan", SCANS)
 @pytest.mark.parametrize("cell", PARALLEL)
-def test_scan_equals_the_loop_in_outputs_state_and_gradients(cell, device):
+def test_scan_equals_the_loop_in_outputs_state_and_gradients(cell, scan, short_chunks):
     torch.manual_seed(2)
-    encoder = RNNEncoder(5, 4, cell=cell, num_layers=2, bidirectional=True).to(device)
-    x = torch.randn(3, 300, 5, device=device, requires_grad=True)  # 300: three scan chunks
+    device = scan[0]
+    encoder = on(scan, RNNEncoder(5, 4, cell=cell, num_layers=2, bidirectional=True))
+    steps = 40 if INTERPRETED and device == "cpu" and scan[1] == "triton" else 300  # chunks
+    x = torch.randn(3, steps, 5, device=device, requires_grad=True)
     state = torch.randn(4, 3, 4, device=device)  # any sign: h_0 enters the scan linearly
     out = encoder(x, state=state)
     (ref_forward, ref_backward), ref_state = reference(encoder, x, state)
@@ -86,10 +121,12 @@ def test_scan_equals_the_loop_in_outputs_state_and_gradients(cell, device):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("scan", [SCANS[0], SCANS[2]])
 @pytest.mark.parametrize("cell", PARALLEL)
-def test_long_sequences_stay_accurate_with_strong_forgetting(cell):
-    """2048 steps with gates that forget fast: log a_t sums to about -10^4, where one unchunked
-    log-space scan would cancel large numbers; compared with the loop in float64."""
+def test_long_sequences_stay_accurate_with_strong_forgetting(cell, scan):
+    """2048 steps with gates that forget fast (log a_t sums to about -10^4, where a log-space
+    scan cancels large numbers), against the loop in float64: the linear-space scan is as
+    accurate as a float32 loop, outputs and gradients."""
     torch.manual_seed(3)
     encoder = RNNEncoder(4, 8, cell=cell).eval()
     with torch.no_grad():  # bias the gates towards the candidate: a_t ~ e^-5
@@ -99,62 +136,111 @@ def test_long_sequences_stay_accurate_with_strong_forgetting(cell):
         else:
             encoder.rnn.bias_ih_l0[:hidden] -= 5.0  # forget gate low
             encoder.rnn.bias_ih_l0[hidden : 2 * hidden] += 5.0
-    x = torch.randn(2, 2048, 4)
-    weights = encoder.layer_weights(0)
-    with torch.no_grad():
-        out = encoder(x).outputs
-        log_a, log_b = log_coefficients(cell, encoder.rnn.project(0, 0, x))
-        unchunked = scan(log_a, log_b, chunk=2048)
-        expected, _ = loop_layer(cell, weights["weight_ih_l0"].double(),
-                                 weights["bias_ih_l0"].double(), x.double(),
-                                 x.new_zeros(2, 8, dtype=torch.float64))
-    assert log_a.sum(1).max() < -5_000  # the regime this test is about
-    errors = [((h.double() - expected).abs() / expected.abs()).max() for h in (out, unchunked)]
-    assert errors[0] < 3e-5  # float32 rounding of |A_t| <= 32 * 5 within a chunk
-    assert errors[1] > 3e-4  # why the scan is chunked
+    exact = {name: p.detach().double() for name, p in encoder.layer_weights(0).items()}
+    encoder = on(scan, encoder)
+    x = torch.randn(2, 2048, 4, dtype=torch.float64)
+    weights = torch.randn(2, 2048, 8, dtype=torch.float64)
+    parameters = list(encoder.parameters())
+    out = encoder(x.float().to(scan[0])).outputs
+    grads = torch.autograd.grad((out * weights.float().to(scan[0])).sum(), parameters)
+    weight, bias = (exact[n].requires_grad_() for n in ("weight_ih_l0", "bias_ih_l0"))
+    expected, _ = loop_layer(cell, weight, bias, x, x.new_zeros(2, 8))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [weight, bias])
+    a = coefficients(cell, F.linear(x, weight, bias))[0]
+    assert a.log().sum(1).max() < -5_000  # the regime this test is about
+    assert ((out.double().cpu() - expected).abs() / expected.abs()).max() < 1e-5
+    for got, want in zip(grads, expected_grads):
+        assert ((got.double().cpu() - want).abs().max() / want.abs().max()) < 1e-5
 
 
-def test_scan_matches_the_recurrence_for_any_chunk_size():
+@pytest.mark.parametrize("chunk", [2, 3, 16, 100])
+def test_linear_scan_matches_the_recurrence_for_any_chunk_size(chunk):
+    """Every chunk size and length (chunks that divide T or not, levels of chunks over chunks),
+    any sign of b and h_0: values and gradients against autograd through the loop."""
     torch.manual_seed(4)
-    log_a, log_b = -torch.rand(2, 37, 3) * 3, torch.randn(2, 37, 3)
-    h0 = torch.randn(2, 3)
-    h, expected = h0, []
-    for t in range(37):
-        h = log_a[:, t].exp() * h + log_b[:, t].exp()
-        expected.append(h)
-    for chunk in (1, 5, 37, 100):
-        torch.testing.assert_close(scan(log_a, log_b, h0, chunk=chunk), torch.stack(expected, 1),
-                                   rtol=2e-5, atol=0)
+    for steps in (1, 5, 37, 300):
+        a = torch.rand(2, steps, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(2, steps, 3, dtype=torch.float64, requires_grad=True)
+        h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+        h, expected = h0, []
+        for t in range(steps):
+            h = a[:, t] * h + b[:, t]
+            expected.append(h)
+        expected = torch.stack(expected, 1)
+        got = linear_scan(a, b, h0, chunk=chunk)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        weights = torch.randn_like(got)
+        for x, y in zip(torch.autograd.grad((got * weights).sum(), [a, b, h0]),
+                        torch.autograd.grad((expected * weights).sum(), [a, b, h0])):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
+    with pytest.raises(ValueError, match="chunk must be at least 2"):
+        linear_scan(a, b, chunk=1)
 
 
-@pytest.mark.cpu_bf16
+@pytest.mark.parametrize("scan", [SCANS[1], SCANS[2]])
 @pytest.mark.parametrize("cell", PARALLEL)
-def test_bf16_autocast_scan_equals_the_loop_under_autocast(cell):
-    """Under autocast the projections are bf16 in both; the scan and the loop then agree as in
-    float32, and both stay within bf16 rounding of the float32 result. (One layer: a layer
-    above would round its float32 input to bf16, and a 1e-7 difference can flip that rounding.)"""
+def test_triton_scan_equals_the_pytorch_scan(cell, scan, short_chunks):
+    """The fused kernel against the reference on raw gates: several chunks (the last one
+    shorter), lengths, an initial state; outputs and the gradients of gates and state."""
+    device = scan[0]
+    torch.manual_seed(6)
+    width = 2 if cell == "mingru" else 3  # gates a channel
+    gates = torch.randn(3, 37, width * 5, device=device) * 3
+    h0 = torch.randn(3, 5, device=device)
+    lengths = torch.tensor([37, 20, 1], device=device)
+    weights = torch.randn(3, 37, 5, device=device)
+    results = []
+    for fused in (True, False):
+        inputs = [gates.clone().requires_grad_(), h0.clone().requires_grad_()]
+        if fused:
+            out = scan_triton.fused_scan(cell, *inputs, lengths)
+        else:
+            a, b = coefficients(cell, inputs[0])
+            padding = (torch.arange(37, device=device) >= lengths.unsqueeze(1)).unsqueeze(2)
+            out = linear_scan(a.masked_fill(padding, 1.0), b.masked_fill(padding, 0.0), inputs[1])
+        results.append([out, *torch.autograd.grad((out * weights).sum(), inputs)])
+    assert scan_triton.chunking(3, 37, 5)[0] > 1
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [pytest.param(*s.values, marks=[*s.marks, pytest.mark.cpu_bf16],
+                                               id=s.id) if s.id == "torch" else s for s in SCANS])
+@pytest.mark.parametrize("cell", PARALLEL)
+def test_bf16_autocast_keeps_a_float32_state_and_bf16_outputs(cell, scan, short_chunks):
+    """Under autocast the projections and the outputs are bf16; a_t, b_t and the running state
+    are float32, so over a long memory (a_t ~ 0.99) the outputs are the float32 loop on the
+    same bf16 projections rounded once to bf16, not a bf16 accumulation's drift. Padding
+    stays zero. (One layer: a layer above would read bf16 inputs anyway.)"""
+    device, backend = scan
     torch.manual_seed(5)
     encoder = RNNEncoder(6, 5, cell=cell, bidirectional=True)
-    x, lengths = torch.randn(3, 40, 6), [40, 17, 3]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad():  # slow forgetting: a bf16 a_t or state would drift visibly
+        if cell == "mingru":
+            encoder.rnn.bias_ih_l0[:5] -= 4.0
+        else:
+            encoder.rnn.bias_ih_l0[:5] += 4.0
+    encoder = on(scan, encoder)
+    steps = 40 if device == "cpu" and backend == "triton" else 400
+    x, lengths = torch.randn(3, steps, 6, device=device), [steps, steps // 2, 3]
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = encoder(x, torch.tensor(lengths))
         alone = [torch.cat(reference(encoder, x[i : i + 1, :n])[0], 2)[0]
                  for i, n in enumerate(lengths)]
-    assert out.outputs.dtype == torch.float32
+    assert out.outputs.dtype == torch.bfloat16 and alone[0].dtype == torch.float32
     for i, n in enumerate(lengths):
-        torch.testing.assert_close(out.outputs[i, :n], alone[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.outputs[i, :n].float(), alone[i].bfloat16().float(),
+                                   rtol=8e-3, atol=1e-5)  # one bf16 rounding (2^-8), no drift
         assert torch.all(out.outputs[i, n:] == 0)
-    full = encoder(x, torch.tensor(lengths)).outputs
-    torch.testing.assert_close(out.outputs, full, rtol=0.05, atol=0.05)
-    assert (out.outputs - full).abs().max() > 1e-4  # it did run in bf16
 
 
+@pytest.mark.parametrize("scan", SCANS)
 @pytest.mark.parametrize("cell", PARALLEL)
-def test_padding_reaches_neither_results_nor_gradients(cell):
-    """Padding of any value (here 1e30: inf once projected) leaves outputs, final state and
-    gradients alone: at padded steps a_t = 1 and b_t = 0, whatever the gates there say."""
-    encoder = RNNEncoder(3, 4, cell=cell, num_layers=2, bidirectional=True)
-    x, lengths = torch.randn(2, 6, 3), torch.tensor([6, 2])
+def test_padding_reaches_neither_results_nor_gradients(cell, scan):
+    """Padding of any value (here 1e30) leaves outputs, final state and gradients alone: at
+    padded steps a_t = 1 and b_t = 0, whatever the gates there say."""
+    encoder = on(scan, RNNEncoder(3, 4, cell=cell, num_layers=2, bidirectional=True))
+    x, lengths = torch.randn(2, 6, 3, device=scan[0]), torch.tensor([6, 2])
     huge = x.clone()
     huge[1, 2:] = 1e30
     results = []
@@ -169,17 +255,18 @@ def test_padding_reaches_neither_results_nor_gradients(cell):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     # The state passes through the padding: the last column is each row's own last state.
-    out, final = encoder.rnn.run_layer(0, 0, huge, None, lengths)
+    out, final = encoder.rnn.run_layer(0, 0, huge, None, lengths.to(scan[0]))
     torch.testing.assert_close(final[0], out[[0, 1], [5, 1]])
     assert torch.all(out[1, 2:] == out[1, 1])
 
 
+@pytest.mark.parametrize("scan", SCANS)
 @pytest.mark.parametrize("cell", PARALLEL)
-def test_state_is_exact_with_variable_lengths(cell):
+def test_state_is_exact_with_variable_lengths(cell, scan):
     """Unlike an LSTM's cell state, a parallel cell's state is known at every row's end even
     in a padded batch: continuing from it equals one call over each whole row."""
-    encoder = RNNEncoder(3, 4, cell=cell, num_layers=2).eval()
-    x, lengths = torch.randn(2, 9, 3), torch.tensor([5, 3])
+    encoder = on(scan, RNNEncoder(3, 4, cell=cell, num_layers=2).eval())
+    x, lengths = torch.randn(2, 9, 3, device=scan[0]), torch.tensor([5, 3])
     first = encoder(x[:, :5], lengths)
     for i, n in enumerate(lengths.tolist()):
         row = torch.cat([x[i : i + 1, :n], x[i : i + 1, 5:]], dim=1)
@@ -230,3 +317,20 @@ def test_presets_build_every_task(tmp_path, preset, cell, bidirectional):
     if not bidirectional:  # a language model refuses a backward direction
         lm = CharLanguageModel(10, settings, embedding_dim=3)
         assert lm(tokens)[0].shape == (2, 3, 10)
+
+
+def test_benchmark_prints_the_tables_at_a_tiny_size(tmp_path):
+    """scripts/bench_parallel_cells.py as a user runs it (from another directory), CI-sized:
+    the per-dtype table, the issue's summary layout, equal parameters and equal hidden size."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_parallel_cells.py"), "--device", "cpu",
+         "--lengths", "4", "16", "--tokens", "64", "--hidden", "8", "--embedding", "8",
+         "--steps", "1", "--repeats", "1", "--sections", "training"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "  minGRU: hidden 32, encoder parameters 576" in lines  # as the LSTM's 576
+    assert any(line.startswith("| 16 | 4 | ") and line.count("x |") == 3 for line in lines)
+    assert "| T | LSTM tok/s fp32 | minGRU / LSTM fp32 | minLSTM / LSTM fp32 | " \
+           "minGRU h8 / LSTM fp32 |" in lines

@@ -9,26 +9,22 @@ that read x_t only, so the recurrence is linear in h,
 
 and a whole sequence is one scan of h_t = a_t ⊙ h_(t-1) + b_t instead of T dependent steps.
 
-Implemented form: the paper's **log-space** variant (its Listings 6 and 8). The candidate goes
-through g(v) = v + 0.5 for v >= 0, σ(v) otherwise, which keeps it positive, so log b_t exists;
-log a_t and log b_t are computed directly from the projections (log σ = -softplus(-·); for
-minLSTM log f'_t = -softplus(log i_t - log f_t)), and the scan is Heinsen's,
-h_t = exp(A_t) ⊙ (h_0 + Σ_(s<=t) exp(log b_s - A_s)) with A_t = Σ_(r<=t) log a_r, i.e. one
-``cumsum`` and one ``logcumsumexp``. Two departures from the listings, both exact:
+Implemented form: the paper's linear-space equations with its positive candidate
+g(v) = v + 0.5 for v >= 0, σ(v) below (the activation of its log-space variant, Listings 6 and
+8; kept so that trained models mean the same), and a scan of the linear recurrence:
 
-- The initial state enters linearly (``exp(A_t) ⊙ h_0``), not through its log, so any h_0
-  works: zeros (no log 0), or a carried state of either sign.
-- The scan runs over chunks of ``SCAN_CHUNK`` steps, each starting from the previous chunk's
-  last state. Within a chunk |A_t| stays small, so exp(A_t) and the logcumsumexp do not cancel
-  large numbers in float32: over thousands of steps A_t reaches -10^4, and the cancellation
-  costs accuracy, mostly in the gradients (relative to a float64 loop, 600 steps: 4e-3 in one
-  chunk of 512, 1.6e-4 with 128, 2e-5 with 32, as good as a float32 loop's 1e-6 to 1e-5 at
-  16). 32 costs ~8% more time than 128 at T=2048; the chunks are a loop of T / 32 steps.
+- on CUDA, a fused Triton kernel (``scan_triton``) reads the gate pre-activations, forms a_t and
+  b_t in registers and runs the recurrence, forward and backward (a chunked scan over time, so
+  a long sequence still fills the GPU);
+- elsewhere, and as the reference in tests, ``scan.linear_scan``: a two-level scan in PyTorch
+  (all chunks at once, then the carries across chunks) with a hand-written backward, after a_t
+  and b_t are formed by ordinary tensor operations.
 
-The scan always runs in float32 (under bf16 autocast the projections are bf16, as for any
-linear layer, and are widened before the scan). At padded steps (t >= a row's length) a_t = 1
-and b_t = 0, so the state passes through unchanged: the last column is each row's state at its
-own last step, and padding cannot reach the gradients. Pure PyTorch: CPU and CUDA alike.
+Both are exact in linear space (each step is the loop's own multiply-add, any sign of h_0 or
+b_t) and accumulate the state in float32. Under autocast the projections, a_t and b_t and the
+outputs are in the autocast dtype (bf16): only the running state is float32. At padded steps
+(t >= a row's length) a_t = 1 and b_t = 0, so the state passes through unchanged: the last
+column is each row's state at its own last step, and padding cannot reach the gradients.
 Generation steps one token at a time with ``MinRNN.step`` (the same equations, no scan).
 """
 
@@ -38,11 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqmodels.models import scan_triton
+from seqmodels.models.scan import linear_scan
+
 # Cell -> its gates, stacked in this order in weight_ih / bias_ih ((G*H, I) and (G*H,)).
 PARALLEL_CELLS = {"mingru": ("z", "h"), "minlstm": ("f", "i", "h")}
-SCAN_CHUNK = 32
-# log b_t at padded steps: exp of it is 0, and it stays finite, so no inf - inf in a gradient.
-_LOG_ZERO = -1e30
+# "auto": the Triton kernel on CUDA where Triton imports, the PyTorch scan elsewhere.
+SCAN_BACKENDS = ("auto", "triton", "torch")
 
 
 def g(v: Tensor) -> Tensor:
@@ -50,48 +48,16 @@ def g(v: Tensor) -> Tensor:
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
 
 
-def log_g(v: Tensor) -> Tensor:
-    """log g(v) without forming g (relu keeps the unused branch's gradient finite)."""
-    return torch.where(v >= 0, (F.relu(v) + 0.5).log(), -F.softplus(-v))
-
-
-def log_coefficients(cell: str, gates: Tensor) -> tuple[Tensor, Tensor]:
-    """(..., G*H) projections -> float32 (log a, log b) of h_t = a_t h_(t-1) + b_t."""
-    gates = gates.float()
-    if cell == "mingru":
-        k, v = gates.chunk(2, dim=-1)
-        return -F.softplus(k), -F.softplus(-k) + log_g(v)  # log(1 - z), log z + log h̃
-    f, i, v = gates.chunk(3, dim=-1)
-    log_i_over_f = F.softplus(-f) - F.softplus(-i)  # log σ(i) - log σ(f)
-    return -F.softplus(log_i_over_f), -F.softplus(-log_i_over_f) + log_g(v)  # log f', log i'h̃
-
-
 def coefficients(cell: str, gates: Tensor) -> tuple[Tensor, Tensor]:
-    """The same (a, b) in linear space, as the equations write them: for one step."""
-    gates = gates.float()
+    """(..., G*H) projections -> float32 (a, b) of h_t = a_t h_(t-1) + b_t. minLSTM's
+    f' = f / (f + i) is σ(δ) with δ = log σ(f) - log σ(i): no 0/0 when both gates are ~0."""
+    gates = gates.float()  # bf16 gates still make a_t in float32: a bf16 a_t near 1 is 0.4% off
     if cell == "mingru":
         k, v = gates.chunk(2, dim=-1)
-        z = torch.sigmoid(k)
-        return 1 - z, z * g(v)
+        return torch.sigmoid(-k), torch.sigmoid(k) * g(v)  # 1 - z (exact for large k), z h̃
     f, i, v = gates.chunk(3, dim=-1)
-    f, i = torch.sigmoid(f), torch.sigmoid(i)
-    return f / (f + i), i / (f + i) * g(v)
-
-
-def scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None = None,
-         chunk: int = SCAN_CHUNK) -> Tensor:
-    """Every h_t of h_t = a_t ⊙ h_(t-1) + b_t, t = 1..T, from (B, T, H) log a and log b and the
-    (B, H) initial state (None: zeros). Returns (B, T, H)."""
-    outputs, h = [], h0
-    # split, not slicing: a slice's backward writes a whole (B, T, H) zero tensor per chunk
-    for la, lb in zip(log_a.split(chunk, dim=1), log_b.split(chunk, dim=1)):
-        cum = la.cumsum(dim=1)  # A_t within the chunk: log of a_1 ⋯ a_t
-        out = torch.exp(cum + torch.logcumsumexp(lb - cum, dim=1))
-        if h is not None:
-            out = out + cum.exp() * h.unsqueeze(1)
-        outputs.append(out)
-        h = out[:, -1]
-    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    delta = F.softplus(-i) - F.softplus(-f)
+    return torch.sigmoid(delta), torch.sigmoid(-delta) * g(v)  # f', i' h̃
 
 
 class MinRNN(nn.Module):
@@ -109,6 +75,7 @@ class MinRNN(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
+        self.scan_backend = "auto"  # SCAN_BACKENDS: the benchmark and the tests choose
         directions = 2 if bidirectional else 1
         self.layer_input_sizes = [input_size] + [hidden_size * directions] * (num_layers - 1)
         size = len(self.gates) * hidden_size
@@ -140,14 +107,26 @@ class MinRNN(nn.Module):
         :param lengths: (B,) true lengths on ``seq``'s device, or None: every row is T long.
             Past a row's length the state passes through (a_t = 1, b_t = 0).
         """
-        log_a, log_b = log_coefficients(self.mode, self.project(layer, direction, seq))
-        if lengths is not None:
-            padding = (torch.arange(seq.size(1), device=seq.device)
-                       >= lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
-            log_a = log_a.masked_fill(padding, 0.0)
-            log_b = log_b.masked_fill(padding, _LOG_ZERO)
-        out = scan(log_a, log_b, None if initial is None else initial[0].float())
+        gates = self.project(layer, direction, seq)
+        h0 = None if initial is None else initial[0]
+        if self.backend(gates.device) == "triton":
+            out = scan_triton.fused_scan(self.mode, gates, h0, lengths)
+        else:
+            a, b = coefficients(self.mode, gates)
+            if lengths is not None:
+                padding = (torch.arange(seq.size(1), device=seq.device)
+                           >= lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
+                a, b = a.masked_fill(padding, 1.0), b.masked_fill(padding, 0.0)
+            out = linear_scan(a, b, h0).to(gates.dtype)  # float32 state, outputs as the gates
         return out, out[:, -1].unsqueeze(0)
+
+    def backend(self, device: torch.device) -> str:
+        """The scan that runs on ``device``: ``scan_backend`` ("auto", "triton" or "torch")."""
+        if self.scan_backend == "torch":
+            return "torch"
+        if self.scan_backend == "triton" or device.type == "cuda" and scan_triton.available():
+            return "triton"
+        return "torch"
 
     def step(self, gates: Tensor, h: Tensor) -> Tensor:
         """One step from (B, G*H) gate pre-activations (``project``'s) and the (B, H) state."""
