@@ -44,7 +44,7 @@ DEFAULTS = {  # per device: what the tables of docs/parallel_cells.md ran
     "cpu": dict(lengths=[32, 128, 512, 2048], tokens=8192, hidden=256, dtype=["fp32"],
                 steps=2, repeats=3, sections=["training", "generation"]),
     "cuda": dict(lengths=[128, 512, 2048, 8192], tokens=65536, hidden=512,
-                 dtype=["fp32", "bf16"], steps=3, repeats=3, sections=["training"]),
+                 dtype=["fp32", "bf16"], steps=2, repeats=3, sections=["training"]),
 }
 MEMORY_LENGTH = 2048
 
