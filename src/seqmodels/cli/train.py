@@ -28,6 +28,7 @@ from seqmodels.training.distributed import (
     quiet_other_ranks,
 )
 from seqmodels.training.launch import place_job
+from seqmodels.training.mlflow_runs import upload_run_files
 from seqmodels.training.run_checks import check_model_fits_data, discard_unstarted_run
 from seqmodels.training.run_info import write_run_info
 from seqmodels.training.runs import CHECKPOINT_KEYWORDS  # also registers Hydra resolvers
@@ -176,6 +177,7 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
 
     metrics = {k: float(v) for k, v in metrics.items()}
     write_metrics(cfg.paths.output_dir, metrics)
+    upload_run_files(trainer, best)  # to an MLflow logger's run: config, metrics, checkpoint
     if best:
         log.info("best checkpoint: %s", best)
     objects.update(datamodule=datamodule, model=model)
