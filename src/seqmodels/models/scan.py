@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 # 16 positions a chunk: a loop of 16 (B, T/16, H) multiply-adds per pass; T = 2048 is three
-# levels (2048 -> 128 -> 8 chunk states). Measured on one CPU thread: 8 and 32 are no faster.
+# levels (2048 -> 128 -> 8 chunk states). On one CPU thread (forward + backward, H = 1532,
+# T = 128 and 2048) chunks of 8 to 64 steps are within 20% of each other.
 CHUNK = 16
 
 
