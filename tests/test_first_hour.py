@@ -144,3 +144,31 @@ def test_a_csv_file_read_in_another_format_is_told_data_format_csv(workspace):
         line = one_line_error(command("train", "data=text_classification", *args,
                                       "data.encoding=cp1252", cwd=cwd, env=env))
         assert "data.format=csv" in line, line
+
+
+# -- 3. config mistakes, each one line that says what to type ----------------------------------
+def test_a_mistyped_key_is_told_the_keys_nearby(workspace):
+    cwd, env = workspace
+    line = one_line_error(command("train", "model.encoder.hiden_size=64", cwd=cwd, env=env))
+    assert "did you mean model.encoder.hidden_size?" in line and "+" not in line, line
+
+
+def test_eval_without_a_checkpoint_says_to_pass_one(workspace):
+    cwd, env = workspace
+    line = one_line_error(command("eval", cwd=cwd, env=env))
+    assert "ckpt_path=" in line, line
+
+
+def test_a_missing_data_file_is_named_by_its_key(workspace):
+    cwd, env = workspace
+    line = one_line_error(command("train", "data=text_classification",
+                                  "data.train_path=my/nope.tsv", cwd=cwd, env=env))
+    assert "data.train_path=my/nope.tsv" in line, line
+
+
+def test_max_time_is_a_key_and_debug_fdr_keeps_the_chosen_accelerator(workspace):
+    cwd, env = workspace
+    result = command("train", "trainer=gpu", "debug=fdr", "trainer.max_time=00:00:10:00",
+                     "--cfg", "job", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_time: 00:00:10:00" in result.stdout and "accelerator: gpu" in result.stdout

@@ -11,9 +11,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from seqmodels.console import FILE_ONLY
-from seqmodels.errors import SeqModelsError
+from seqmodels.console import FILE_ONLY, quiet_console
+from seqmodels.errors import DataError, SeqModelsError
+from seqmodels.overrides import release_held_stderr
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,20 @@ def instantiate_group(group: DictConfig | None) -> list:
             log.info("instantiating %s <%s>", name, entry._target_, extra=FILE_ONLY)
             objects.append(build(entry))
     return objects
+
+
+# The data settings that name files; a missing one is named by its key.
+DATA_PATH_KEYS = ("train_path", "val_path", "test_path", "path")
+
+
+def check_data_paths(data: DictConfig) -> None:
+    """Every file the data settings name exists (checked once a named dataset is fetched): a
+    missing one is one line naming its key and where it was looked for."""
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if value is not None and not Path(value).exists():
+            where = "" if Path(value).is_absolute() else f" (looked for in {os.getcwd()})"
+            raise DataError(f"data.{key}={value}: no such file{where}")
 
 
 def build(cfg: DictConfig, **kwargs):
@@ -69,8 +85,19 @@ def exit_on_user_error(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        release_held_stderr()  # the config is composed: stderr flows again
+        if args and isinstance(args[0], DictConfig):
+            quiet_console(bool(args[0].get("verbose", False)))
         try:
             return main(*args, **kwargs)
+        except MissingMandatoryValue as error:  # a `???` setting the command was not given
+            key = getattr(error, "full_key", None) or "a required setting"
+            message = f"{key} is required: add {key}=... to the command"
+            if key == "ckpt_path":
+                message += " (a checkpoint, e.g. logs/train/runs/<run>/checkpoints/last.ckpt)"
+            record_in_log_files(message)
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
         except SeqModelsError as error:
             record_in_log_files(f"{type(error).__name__}: {error}")
             print(f"error: {error}", file=sys.stderr)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
 from seqmodels.errors import ConfigError
+from seqmodels.overrides import hold_composition_errors
 from seqmodels.training.distributed import check_accelerator
 from seqmodels.training.trusted import build_task_module, model_class_of, read_checkpoint
 
@@ -128,6 +129,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 
+@hold_composition_errors("eval")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:

@@ -43,6 +43,7 @@ from seqmodels.data.files import (
 from seqmodels.data.labelled_text import csv_rows, json_records, text_column_of, tokens_of
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
+from seqmodels.overrides import hold_composition_errors
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     return count
 
 
+@hold_composition_errors("predict")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:

@@ -16,10 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 from seqmodels.callbacks.progress import EpochSummary
 from seqmodels.callbacks.resume import EpochPosition, SeedEachEpoch
 from seqmodels.callbacks.vocabularies import SameVocabularies
-from seqmodels.config import build, config_dir, exit_on_user_error, instantiate_group
-from seqmodels.console import FILE_ONLY, announce_run, main_with_verbose_flag, quiet_console
+from seqmodels.config import (
+    build,
+    check_data_paths,
+    config_dir,
+    exit_on_user_error,
+    instantiate_group,
+)
+from seqmodels.console import FILE_ONLY, announce_run, main_with_verbose_flag
 from seqmodels.data.word_vectors import WordVectors, check_vectors_file, load_word_vectors
 from seqmodels.errors import ConfigError
+from seqmodels.overrides import hold_composition_errors
 from seqmodels.training.checkpoint_io import AtomicCheckpointIO, is_weights_only
 from seqmodels.training.distributed import (
     check_accelerator,
@@ -44,6 +51,7 @@ def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Ligh
     log.info("instantiating datamodule <%s>", cfg.data._target_, extra=FILE_ONLY)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
+    check_data_paths(cfg.data)  # a missing file named by its key (a named dataset is fetched)
     vectors = read_pretrained_vectors(cfg)
     if vectors is not None:
         datamodule.extend_words(vectors.words, cfg.model.embeddings.get("extra_words"))
@@ -214,10 +222,10 @@ def best_score(trainer: L.Trainer, monitor: str | None) -> float | None:
 
 
 @main_with_verbose_flag
+@hold_composition_errors("train")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    quiet_console(cfg.get("verbose", False))
     metrics, objects = train(cfg)
     # What a sweeper optimises: the monitored metric at its best epoch (the checkpoint that was
     # tested), not the last epoch's, which early stopping leaves `patience` epochs later.
