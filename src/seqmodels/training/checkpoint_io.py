@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqmodels.training.trusted import read_checkpoint
 
-# What an evaluation checkpoint keeps: enough for load_from_checkpoint and our tools.
+# What an evaluation checkpoint keeps: enough for our tools to rebuild the task module.
 WEIGHTS_ONLY_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "seqmodels", "epoch",
                      "global_step", "pytorch-lightning_version")
 FULL_STATE_PREFIX = "last"  # Lightning's ckpt_path=last looks for last*.ckpt

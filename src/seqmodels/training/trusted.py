@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from seqmodels.errors import ConfigError
@@ -182,12 +183,16 @@ def model_class_of(checkpoint: dict, path) -> type:
     info = checkpoint.get("seqmodels")
     if not isinstance(info, dict) or not isinstance(info.get("model_class"), str):
         raise ConfigError(f"{path} is not a seqmodels checkpoint (no model class or vocabularies)")
-    module_name, _, class_name = info["model_class"].rpartition(".")
+    name = info["model_class"]
+    module_name, _, class_name = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:  # only with trust_checkpoint=true
-        raise ConfigError(f"{path}: its model_class {info['model_class']!r} cannot be "
-                          f"imported: {error}") from None
+        model_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:  # trust_checkpoint=true only
+        raise ConfigError(f"{path}: its model_class {name!r} cannot be imported: "
+                          f"{_last_line(error)}") from None
+    if not (isinstance(model_class, type) and issubclass(model_class, L.LightningModule)):
+        raise ConfigError(f"{path}: its model_class {name!r} is not a LightningModule")
+    return model_class
 
 
 def build_task_module(checkpoint: dict, path, map_location="cpu"):
