@@ -9,8 +9,11 @@ The encoder runs the strategy that ``variable_length=auto`` picks on CUDA, not t
 packing counts as a read: ``pack_padded_sequence`` needs the lengths on the host, and on CUDA
 its sort order goes to the device and back (``models/encoder.py``)."""
 
+import traceback
+
 import lightning as L
 import pytest
+import torch
 
 from seqmodels.cli.train import train
 from seqmodels.models.encoder import RNNEncoder
@@ -19,32 +22,72 @@ from tests.test_char_features import HostReads
 from tests.tiny_datasets import write_named_datasets
 
 LOG_EVERY = 4
+VALIDATION = "lightning/pytorch/loops/evaluation_loop.py"
 
 
 class HostReadsOnCuda(HostReads):
-    """HostReads, plus packing: a host round trip on CUDA, though not on the CPU."""
+    """HostReads as the run would read on CUDA: packing counts (a host round trip there,
+    though not on the CPU), and a value the code copied to the host explicitly
+    (``.to("cpu", copy=True)``), or a copy or view of one, is read for free (it is on the host
+    on CUDA too).
+
+    :param host: ids of such host values, shared by the counters of successive steps (a value
+        logged on one step is read on the next ones), with the tensors kept alive."""
+
+    FOLLOW = {"aten::clone", "aten::detach", "aten::alias", "aten::squeeze", "aten::view",
+              "aten::_to_copy"}
+
+    def __init__(self, host: dict):
+        super().__init__()
+        self.host = host
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket._qualified_op_name == "aten::_pack_padded_sequence":
+        name = func.overloadpacket._qualified_op_name
+        if name == "aten::_local_scalar_dense" and id(args[0]) in self.host:
+            return func(*args, **(kwargs or {}))
+        if name == "aten::_pack_padded_sequence":
             self.reads.append("aten._pack_padded_sequence (sort order to the device and back)")
-        return super().__torch_dispatch__(func, types, args, kwargs)
+        before = len(self.reads)
+        result = super().__torch_dispatch__(func, types, args, kwargs)
+        if len(self.reads) > before and any(frame.filename.endswith(VALIDATION)
+                                            for frame in traceback.extract_stack()):
+            del self.reads[before:]  # a validation inside the epoch: not the step's work
+        to_host = name == "aten::_to_copy" and str((kwargs or {}).get("device")) == "cpu"
+        if isinstance(result, torch.Tensor) and (
+                to_host or (name in self.FOLLOW and id(args[0]) in self.host)):
+            self.host[id(result)] = result
+        return result
 
 
 class CountHostReads(L.Callback):
-    """The host reads of each training batch, from its start to its end hooks (this callback
-    comes after the configured ones, so their batch-end hooks count too)."""
+    """The host reads of each training batch: from its start hook to the next batch's, so that
+    what Lightning does after the batch-end hooks (its logging bookkeeping, schedulers, the
+    loop's counters) counts too, and so do the batch-end hooks of the configured callbacks.
+    The next batch's collate runs in that window as well; on a GPU it runs on the host, in
+    the loader, and reads nothing from the device, but a read there would be counted here.
+    A validation inside the epoch (the char LM's) falls in a window too; its reads are left
+    out (``HostReadsOnCuda``)."""
 
     def __init__(self):
         self.reads: dict[int, list[str]] = {}
         self._mode: HostReads | None = None
+        self._batch_idx = -1
+        self._host: dict[int, torch.Tensor] = {}
+
+    def _close(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.reads[self._batch_idx] = self._mode.reads
+            self._mode = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._mode = HostReadsOnCuda()
+        self._close()
+        self._batch_idx = batch_idx
+        self._mode = HostReadsOnCuda(self._host)
         self._mode.__enter__()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._mode.__exit__(None, None, None)
-        self.reads[batch_idx] = self._mode.reads
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._close()
 
 
 # What ``variable_length=auto`` runs on a GPU, with lengths (sentences) and without (the char LM).

@@ -113,8 +113,12 @@ class SequenceModule(L.LightningModule):
         self._loss_weight += weight
         logs = self.logs_this_step()
         if logs:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                     batch_size=batch_size)
+            # A copy on the host: Lightning turns the progress bar's values into numbers after
+            # every batch, the latest logged one included, and a value on the GPU would make
+            # each of those steps wait for the device; read once here, on a step that logs
+            # anyway. (copy=True: a copy on the CPU too, which tests/test_host_syncs.py sees.)
+            self.log("train/loss", loss.detach().to("cpu", copy=True), on_step=True, on_epoch=False,
+                     prog_bar=True, batch_size=batch_size)
         return logs
 
     def logs_this_step(self) -> bool:
