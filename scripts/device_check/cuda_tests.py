@@ -36,6 +36,12 @@ class Outcomes:
                                   (message[-1] if message else "")[:200]])
 
     def pytest_runtest_logreport(self, report):
+        if report.failed and "SectionTimeout" in str(report.longrepr):
+            # the driver's alarm rang inside a test: the budget is spent, not a test failure
+            self.stopped = f"the section's deadline passed in `{report.nodeid}`"
+            if self.session is not None:
+                self.session.shouldstop = "device_check: the section's budget is spent"
+            return
         if report.when == "call" or (report.when == "setup" and not report.passed) or (
                 report.when == "teardown" and report.failed):
             outcome = report.outcome
