@@ -2,7 +2,9 @@
 own CSV and JSON-lines files, config mistakes, a console that shows what matters, readable
 outputs. Every command runs as a subprocess from a directory outside the repository."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +174,63 @@ def test_max_time_is_a_key_and_debug_fdr_keeps_the_chosen_accelerator(workspace)
                      "--cfg", "job", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_time: 00:00:10:00" in result.stdout and "accelerator: gpu" in result.stdout
+
+
+# -- 4. a quiet console; 5. readable outputs ----------------------------------------------------
+@pytest.fixture(scope="module")
+def sst2_run(workspace) -> tuple[Path, str]:
+    """``seqmodels-train experiment=sst2_bilstm`` (small), its console (a pipe, not a
+    terminal) with a progress line as often as possible and a validation at mid-epoch."""
+    cwd, env = workspace
+    result = command("train", "experiment=sst2_bilstm", *SMALL, "trainer.max_epochs=2",
+                     "data.batch_size=10", "+trainer.val_check_interval=0.5",  # at 6 and 12 of 12
+                     "callbacks.rich_progress_bar.line_every_s=0", cwd=cwd, env=env)
+    return run_dir_of(result), result.stdout + result.stderr
+
+
+def test_the_console_shows_what_a_user_needs_before_the_first_epoch(sst2_run):
+    run_dir, console = sst2_run
+    lines = console.splitlines()
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 0/1"))
+    before = [line for line in lines[:first_epoch] if not re.search(r"batch \d+/\d+, ", line)]
+    assert [line.split(":")[0] for line in before] == [
+        "run directory", "vocabulary", "data", "model", "TensorBoard"], before
+    assert re.match(r"model: SentimentClassifier, [\d.]+ K parameters", before[3]), before
+    for noise in ("instantiating", "Tip:", "LeafSpec", "Params", "GPU available", "Seed set"):
+        assert noise not in console, noise
+    log = (run_dir / "train.log").read_text()
+    for kept in ("instantiating model <", "Params", "GPU available"):
+        assert kept in log, kept
+
+
+def test_a_progress_line_off_a_terminal_and_the_mid_epoch_validation_marked(sst2_run):
+    _, console = sst2_run
+    progress = re.findall(r"^epoch 0/1: batch (\d+)/(\d+), [\d.]+ batches/s, \d+:\d\d left",
+                          console, re.MULTILINE)
+    assert progress and all(int(done) <= int(total) for done, total in progress), console
+    total = progress[0][1]
+    assert total == "12", progress
+    mid = re.findall(r"^epoch (\d)/1, batch 6/12: val/acc", console, re.MULTILINE)
+    ends = re.findall(r"^epoch (\d)/1: val/acc", console, re.MULTILINE)
+    assert mid == ["0", "1"] and ends == ["0", "1"], console
+
+
+def test_verbose_shows_the_rest(workspace):
+    cwd, env = workspace
+    result = command("train", "-v", "experiment=sst2_bilstm", *SMALL, "debug=fdr", cwd=cwd,
+                     env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "instantiating model <" in result.stdout + result.stderr
+
+
+def test_named_labels_and_four_digit_probabilities(workspace, sst2_run):
+    cwd, env = workspace
+    run_dir, console = sst2_run
+    assert "2 labels ['negative', 'positive']" in console
+    result = command("predict", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "format=jsonl",
+                     stdin="a gripping , funny film\n", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    assert record["label"] in ("negative", "positive")
+    assert sorted(record["probs"]) == ["negative", "positive"]
+    assert all(round(p, 4) == p for p in record["probs"].values()), record

@@ -232,6 +232,7 @@ def check_outputs(text: str, ws: Workspace, output: str) -> None:
         if flag in words:
             path = ws.cwd / words[words.index(flag) + 1]
             assert path.is_file(), path
+            assert f"written to {words[words.index(flag) + 1]}" in output, output[-2000:]
             if flag == "--plot":
                 assert path.read_bytes().startswith(PNG_MAGIC)
     for word in words:

@@ -46,7 +46,9 @@ def progress_line(trainer: L.Trainer, done: int, seconds: float) -> str:
 
 class EpochSummary(L.Callback):
     """``epoch 3/29: val/acc 0.8123 (best 0.8150 at epoch 2); val/loss 0.4321 | 21.3 s, 1:05 in
-    all`` after every validation of a fit (the sanity check excluded)."""
+    all`` after every validation of a fit (the sanity check excluded). A validation inside an
+    epoch (``trainer.val_check_interval`` < 1, as the char LM does) says so:
+    ``epoch 3/29, batch 120/240: ...``; its time counts from the epoch's start."""
 
     def __init__(self, monitor: str | None = None, mode: str = "max"):
         if mode not in ("min", "max"):
@@ -55,6 +57,7 @@ class EpochSummary(L.Callback):
         self.mode = mode
         self.best: tuple[float, int] | None = None  # (value, epoch)
         self._fit_start = self._epoch_start = time.monotonic()
+        self._batches = 0  # of this epoch, done
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -67,6 +70,10 @@ class EpochSummary(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.monotonic()
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches = batch_idx + 1
 
     def improves(self, value: float) -> bool:
         if self.best is None or math.isnan(self.best[0]):
@@ -91,7 +98,10 @@ class EpochSummary(L.Callback):
                   "in all")
         # Counted from 0 like checkpoint names; "/29" is the last epoch, as Lightning's bar says.
         last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        return f"epoch {epoch}/{last}: " + "; ".join(parts) + f" | {timing}"
+        total = trainer.num_training_batches
+        inside = isinstance(total, int) and 0 < self._batches < total
+        where = f", batch {self._batches}/{total}" if inside else ""
+        return f"epoch {epoch}/{last}{where}: " + "; ".join(parts) + f" | {timing}"
 
     @rank_zero_only
     def on_validation_end(self, trainer, pl_module) -> None:

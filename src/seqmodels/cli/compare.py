@@ -303,10 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     print(to_csv(table) if args.format == "csv" else to_markdown(table, args.digits), end="")
     if args.csv:
         args.csv.write_text(to_csv(table))
+        print(f"table written to {args.csv}", file=sys.stderr)
     if args.plot:
         metric = args.curve or monitored_metric(runs)
-        if not plot_curves(table, metric, args.plot, args.title):
+        curves = plot_curves(table, metric, args.plot, args.title)
+        if not curves:
             print(f"warning: no run logged {metric}: {args.plot} is empty", file=sys.stderr)
+        else:  # on stderr: stdout is the table, for a pipe
+            print(f"{metric} curves of {curves} runs written to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -66,7 +66,10 @@ class TextClassificationDataModule(SequenceDataModule):
         the end) or a name in the files' header line; by default the header's usual names,
         else the label is the last column and the text everything before it. ``jsonl``: the
         keys (``text`` and ``label`` by default).
-    :param labels: the allowed label set; by default the labels seen in train.
+    :param label_names: names for the labels as the files write them (``{0: negative, 1:
+        positive}`` for SST-2): predictions, the confusion matrix and ``vocab.json`` then
+        show the names. Labels without a name keep their own.
+    :param labels: the allowed label set (after naming); by default the labels seen in train.
     :param lowercase: lower-case tokens before they meet the vocabulary.
     :param min_freq, max_size: vocabulary limits (train only).
     :param char_features: also spell every word out as character ids (``Batch.chars``), for a
@@ -89,6 +92,7 @@ class TextClassificationDataModule(SequenceDataModule):
         format: str = "label_text",
         text_column: Column = None,
         label_column: Column = None,
+        label_names: dict | None = None,
         labels: list[str] | None = None,
         lowercase: bool = False,
         min_freq: int = 1,
@@ -118,6 +122,7 @@ class TextClassificationDataModule(SequenceDataModule):
         self.format = format
         self.text_column = text_column
         self.label_column = label_column
+        self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
         self.labels = None if labels is None else [str(label) for label in labels]
         self.lowercase = lowercase
         self.min_freq = min_freq
@@ -147,6 +152,9 @@ class TextClassificationDataModule(SequenceDataModule):
                                             self.text_column, self.label_column)
         if self.lowercase:
             examples = [([t.lower() for t in tokens], label, n) for tokens, label, n in examples]
+        if self.label_names:
+            names = self.label_names
+            examples = [(tokens, names.get(label, label), n) for tokens, label, n in examples]
         return examples
 
     def read_split(self, split: str) -> list[Example]:
@@ -196,7 +204,7 @@ class TextClassificationDataModule(SequenceDataModule):
             self._check_labels(train, self.labels, self.split_path("train"))
             labels = self.labels
         else:
-            labels = label_order(seen)
+            labels = self.named_label_order(seen)
         tokens = Vocab.build((t for t, _, _ in train), self.min_freq, self.max_size)
         log.info("vocabulary: %d tokens, %d labels %s", len(tokens), len(labels), labels)
         vocabs = {"tokens": tokens, "labels": Vocab(labels, has_specials=False)}
@@ -212,6 +220,13 @@ class TextClassificationDataModule(SequenceDataModule):
             spell = Speller(self.vocabs["chars"], self.max_word_length)
             encoded = [(*pair, spell(t)) for pair, (t, _, _) in zip(encoded, examples)]
         return self.truncate(encoded, path)
+
+    def named_label_order(self, seen: set[str]) -> list[str]:
+        """The labels' order, by the files' own labels where they were named (SST-2's 0, 1:
+        negative, positive keep ids 0, 1)."""
+        raw_of = {name: raw for raw, name in self.label_names.items()}
+        label_of_raw = {raw_of.get(label, label): label for label in seen}
+        return [label_of_raw[raw] for raw in label_order(set(label_of_raw))]
 
     @staticmethod
     def _check_labels(examples: list[Example], allowed: list[str], path) -> None:
