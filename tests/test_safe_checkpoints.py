@@ -39,7 +39,9 @@ TASKS = {
                "model.chars.embedding_dim=4", "model.chars.hidden_size=4"),
     "char_lm": ("experiment=shakespeare_char", "data.batch_size=8", "data.bptt=32",
                 "data.test_fraction=0.05", "model.embedding_dim=8",
-                "model.encoder.hidden_size=16", "trainer.val_check_interval=1.0"),
+                "model.encoder.hidden_size=16", "trainer.val_check_interval=1.0",
+                # OneCycleLR's warm-up must be over a step long (10 steps x 0.1 is not)
+                "model.scheduler.pct_start=0.25"),
 }
 
 

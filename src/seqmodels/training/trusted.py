@@ -115,15 +115,16 @@ def _load_weights_only(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found is None:  # not a global: a damaged or foreign file
-            raise ConfigError(f"{path} is not a readable checkpoint: "
-                              f"{_last_line(error)}") from None
-        raise UntrustedCheckpoint(path, f"it holds a pickled {found.group(1)}, code that reading "
-                                  "it would run (a checkpoint holds tensors and plain values "
-                                  "only)") from None
+        if found is not None:
+            raise UntrustedCheckpoint(path, f"it holds a pickled {found.group(1)}, code that "
+                                      "reading it would run (a checkpoint holds tensors and plain "
+                                      "values only)") from None
+        reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
+        raise UntrustedCheckpoint(path, "it holds more than tensors and plain values ("
+                                  f"{reason.group(1) if reason else _last_line(error)})") from None
     except Exception as error:  # torch raises many types for a file that is no checkpoint
-        raise ConfigError(f"{path} is not a readable checkpoint: {type(error).__name__}: "
-                          f"{_last_line(error)}") from None
+        raise ConfigError(f"{path} is not a readable checkpoint (not written by torch.save, or "
+                          f"damaged): {type(error).__name__}: {_last_line(error)}") from None
 
 
 def _last_line(error: BaseException) -> str:
