@@ -262,7 +262,7 @@ def summary(args, speeds) -> None:
         cells = []
         for dtype_name in args.dtype:
             speed, ratio = speeds[length, dtype_name]
-            cells += [f"{speed['lstm'] / 1e6:.2f}M"] + [f"{ratio[k]:.2f}" for k in keys]
+            cells += [_tokens(speed["lstm"])] + [f"{ratio[k]:.2f}" for k in keys]
         print(f"| {length} | " + " | ".join(cells) + " |")
     if "fp32" in args.dtype and "bf16" in args.dtype:
         print("\nbf16 / fp32, each model's own tokens/s\n\n| T | "
@@ -272,6 +272,10 @@ def summary(args, speeds) -> None:
             low, high = speeds[length, "fp32"][0], speeds[length, "bf16"][0]
             print(f"| {length} | " + " | ".join(f"{high[k] / low[k]:.2f}"
                                                 for k in ["lstm", *keys]) + " |")
+
+
+def _tokens(per_second: float) -> str:
+    return f"{per_second / 1e6:.2f}M" if per_second >= 1e5 else f"{per_second:,.0f}"
 
 
 def bench_generation(args) -> None:

@@ -31,9 +31,10 @@ try:
 except ImportError:  # a CPU-only torch: the PyTorch scan runs
     triton = None
 
-# rows x chunks x channels in flight to aim for (an H200 holds ~270k threads): fewer than this
-# over whole sequences, and time is cut into chunks of at least MIN_CHUNK steps.
-TARGET_PARALLEL = 1 << 20
+# rows x chunks x channels to aim for: an H200 keeps 132 SMs x 16 programs x 256 channels
+# (~540k) in flight. With fewer rows x channels than this, time is cut into chunks of at least
+# MIN_CHUNK steps (each cut costs one more read of the gates); with more, no chunks.
+TARGET_PARALLEL = 1 << 19
 MIN_CHUNK = 32
 
 
@@ -63,6 +64,9 @@ def _launch(hidden: int) -> dict:
 
 
 class _FusedScan(torch.autograd.Function):
+    """Absent lengths, initial state or carries are passed as full lengths and zeros (a few
+    bytes), so each kernel has one compiled form per dtype and cell."""
+
     @staticmethod
     def forward(ctx, gates, h0, lengths, minlstm):
         gates = gates.contiguous()
@@ -71,58 +75,48 @@ class _FusedScan(torch.autograd.Function):
         chunks, length = chunking(batch, steps, hidden)
         launch = _launch(hidden)
         blocks = triton.cdiv(hidden, launch["BLOCK"])
-        if lengths is not None:
-            lengths = lengths.to(gates.device)
+        device = gates.device
+        lengths = (torch.full((batch,), steps, device=device, dtype=torch.int32)
+                   if lengths is None else lengths.to(device, torch.int32))
         ctx.h0_dtype = None if h0 is None else h0.dtype
-        h0 = None if h0 is None else h0.detach().float().contiguous()
+        h0 = (torch.zeros(batch, hidden, device=device) if h0 is None
+              else h0.detach().float().contiguous())
         out = gates.new_empty(batch, steps, hidden)
-        dummy = out  # a pointer for an absent tensor; its flag keeps it unread
-        args = dict(T=steps, H=hidden, L=length, NC=chunks, HAS_LEN=lengths is not None,
-                    MINLSTM=minlstm, **launch)
-        product, entering = None, h0
+        args = dict(T=steps, H=hidden, L=length, NC=chunks, MINLSTM=minlstm, **launch)
+        product, entering = None, h0  # entering: (B * NC, H), the state before each chunk
         if chunks > 1:
-            local = torch.empty(batch, chunks, hidden, device=gates.device)
+            local = torch.empty(batch, chunks, hidden, device=device)
             product = torch.empty_like(local)
-            _summary[(batch * chunks, blocks)](gates, lengths if lengths is not None else dummy,
-                                               dummy, local, product, REVERSE=False, **args)
+            _summary[(batch * chunks, blocks)](gates, lengths, out, local, product,
+                                               REVERSE=False, **args)
             entering = torch.empty_like(local)
-            _carry[(batch, blocks)](local, product, h0 if h0 is not None else dummy, entering,
-                                    H=hidden, NC=chunks, HAS_H0=h0 is not None, REVERSE=False,
-                                    **launch)
-        _forward[(batch * chunks, blocks)](
-            gates, lengths if lengths is not None else dummy,
-            entering if entering is not None else dummy, out,
-            HAS_INIT=entering is not None, **args)
+            _carry[(batch, blocks)](local, product, h0, entering, H=hidden, NC=chunks,
+                                    REVERSE=False, **launch)
+        _forward[(batch * chunks, blocks)](gates, lengths, entering, out, **args)
         ctx.minlstm, ctx.chunking = minlstm, (chunks, length)
-        ctx.save_for_backward(gates, out, h0, lengths, product, entering)
+        ctx.save_for_backward(gates, out, lengths, product, entering)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        gates, out, h0, lengths, product, entering = ctx.saved_tensors
+        gates, out, lengths, product, entering = ctx.saved_tensors
         grad = grad.contiguous()
         batch, steps, hidden = out.shape
         chunks, length = ctx.chunking
         launch = _launch(hidden)
         blocks = triton.cdiv(hidden, launch["BLOCK"])
-        dummy = out
-        args = dict(T=steps, H=hidden, L=length, NC=chunks, HAS_LEN=lengths is not None,
-                    MINLSTM=ctx.minlstm, **launch)
-        carried = None  # the adjoint entering each chunk from its right
+        args = dict(T=steps, H=hidden, L=length, NC=chunks, MINLSTM=ctx.minlstm, **launch)
+        carried = torch.zeros(batch * chunks, hidden, device=out.device)  # adjoint from the right
         if chunks > 1:
             local = torch.empty(batch, chunks, hidden, device=out.device)
-            _summary[(batch * chunks, blocks)](gates, lengths if lengths is not None else dummy,
-                                               grad, local, dummy, REVERSE=True, **args)
-            carried = torch.empty_like(local)
-            _carry[(batch, blocks)](local, product, dummy, carried, H=hidden, NC=chunks,
-                                    HAS_H0=False, REVERSE=True, **launch)
+            _summary[(batch * chunks, blocks)](gates, lengths, grad, local, local,
+                                               REVERSE=True, **args)
+            _carry[(batch, blocks)](local, product, carried, carried, H=hidden, NC=chunks,
+                                    REVERSE=True, **launch)  # reads its start before writing
         grad_gates = torch.empty_like(gates)
         ends = torch.empty(batch, chunks, hidden, device=out.device)
-        _backward[(batch * chunks, blocks)](
-            gates, lengths if lengths is not None else dummy, out,
-            entering if entering is not None else dummy,
-            carried if carried is not None else dummy, grad, grad_gates, ends,
-            HAS_ENTER=entering is not None, HAS_CARRY=carried is not None, **args)
+        _backward[(batch * chunks, blocks)](gates, lengths, out, entering, carried, grad,
+                                            grad_gates, ends, **args)
         grad_h0 = ends[:, 0].to(ctx.h0_dtype) if ctx.needs_input_grad[1] else None  # a_1 d_1
         return grad_gates, grad_h0, None, None
 
@@ -132,13 +126,6 @@ if triton is not None:
     @triton.jit
     def _softplus(x):
         return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-    @triton.jit
-    def _length(lengths, row, T, HAS_LEN: tl.constexpr):
-        if HAS_LEN:
-            return tl.load(lengths + row).to(tl.int32)
-        else:
-            return T
 
     @triton.jit
     def _width(H, MINLSTM: tl.constexpr):
@@ -170,8 +157,8 @@ if triton is not None:
         return a, c, candidate, slope, side_f, side_i
 
     @triton.jit(do_not_specialize=["T", "H", "L", "NC"])
-    def _summary(gates, lengths, grad, local, product, T, H, L, NC, HAS_LEN: tl.constexpr,
-                 MINLSTM: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    def _summary(gates, lengths, grad, local, product, T, H, L, NC, MINLSTM: tl.constexpr,
+                 REVERSE: tl.constexpr, BLOCK: tl.constexpr):
         """One chunk from a zero state: forward, its last h and the product of its a_t;
         reverse, a_1 d_1 of the chunk's adjoint from d = 0 after it."""
         pid = tl.program_id(0)
@@ -179,7 +166,7 @@ if triton is not None:
         hs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         live_h = hs < H
         width = _width(H, MINLSTM)
-        n = _length(lengths, row, T, HAS_LEN)
+        n = tl.load(lengths + row)
         start = chunk * L
         state = tl.zeros([BLOCK], tl.float32)
         prod = tl.full([BLOCK], 1.0, tl.float32)
@@ -207,17 +194,18 @@ if triton is not None:
             tl.store(product + pid * H + hs, prod, mask=live_h)
 
     @triton.jit(do_not_specialize=["H", "NC"])
-    def _carry(local, product, h0, entering, H, NC, HAS_H0: tl.constexpr,
-               REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    def _carry(local, product, h0, entering, H, NC, REVERSE: tl.constexpr,
+               BLOCK: tl.constexpr):
         """The state entering each chunk: s -> product * s + local over the chunks in order
-        (from the last one backwards for the adjoint)."""
+        (from the last one backwards for the adjoint), from ``h0``'s row (B, H) or, for the
+        adjoint, from the last chunk's entry of ``h0`` (B * NC, H; may be ``entering``)."""
         row = tl.program_id(0)
         hs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         live_h = hs < H
-        if HAS_H0:
-            state = tl.load(h0 + row * H + hs, mask=live_h, other=0.0)
+        if REVERSE:
+            state = tl.load(h0 + (row * NC + NC - 1) * H + hs, mask=live_h, other=0.0)
         else:
-            state = tl.zeros([BLOCK], tl.float32)
+            state = tl.load(h0 + row * H + hs, mask=live_h, other=0.0)
         i = 0
         while i < NC:
             if REVERSE:
@@ -231,20 +219,17 @@ if triton is not None:
             i += 1
 
     @triton.jit(do_not_specialize=["T", "H", "L", "NC"])
-    def _forward(gates, lengths, entering, out, T, H, L, NC, HAS_LEN: tl.constexpr,
-                 HAS_INIT: tl.constexpr, MINLSTM: tl.constexpr, BLOCK: tl.constexpr):
+    def _forward(gates, lengths, entering, out, T, H, L, NC, MINLSTM: tl.constexpr,
+                 BLOCK: tl.constexpr):
         """h_t = a_t h_(t-1) + b_t over one chunk from its entering state, every h_t stored."""
         pid = tl.program_id(0)
         row, chunk = pid // NC, pid % NC
         hs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         live_h = hs < H
         width = _width(H, MINLSTM)
-        n = _length(lengths, row, T, HAS_LEN)
+        n = tl.load(lengths + row)
         start = chunk * L
-        if HAS_INIT:
-            state = tl.load(entering + pid * H + hs, mask=live_h, other=0.0)
-        else:
-            state = tl.zeros([BLOCK], tl.float32)
+        state = tl.load(entering + pid * H + hs, mask=live_h, other=0.0)
         base = row.to(tl.int64) * T
         i = 0
         while i < L:
@@ -259,7 +244,6 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["T", "H", "L", "NC"])
     def _backward(gates, lengths, out, entering, carried, grad, grad_gates, ends, T, H, L, NC,
-                  HAS_LEN: tl.constexpr, HAS_ENTER: tl.constexpr, HAS_CARRY: tl.constexpr,
                   MINLSTM: tl.constexpr, BLOCK: tl.constexpr):
         """d_t = g_t + a_(t+1) d_(t+1) over one chunk backwards from the adjoint carried into
         it, and the gates' gradient at each step; stores a_1 d_1 of the chunk in ``ends``."""
@@ -268,16 +252,10 @@ if triton is not None:
         hs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         live_h = hs < H
         width = _width(H, MINLSTM)
-        n = _length(lengths, row, T, HAS_LEN)
+        n = tl.load(lengths + row)
         start = chunk * L
-        if HAS_CARRY:
-            s = tl.load(carried + pid * H + hs, mask=live_h, other=0.0)
-        else:
-            s = tl.zeros([BLOCK], tl.float32)
-        if HAS_ENTER:  # h before the chunk's first step
-            first = tl.load(entering + pid * H + hs, mask=live_h, other=0.0)
-        else:
-            first = tl.zeros([BLOCK], tl.float32)
+        s = tl.load(carried + pid * H + hs, mask=live_h, other=0.0)
+        first = tl.load(entering + pid * H + hs, mask=live_h, other=0.0)  # h before the chunk
         base = row.to(tl.int64) * T
         i = 0
         while i < L:
