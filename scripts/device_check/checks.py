@@ -199,6 +199,10 @@ def deterministic(ctx: Context):
     batches = 20 if ctx.cuda else 3
     rows, figures, differ = [], {}, []
     for name in TASK_NAMES:
+        if ctx.left() < (8 if ctx.cuda else 2):
+            rows.append([f"`{TASKS[name].experiment}`", "not run: the section's budget was spent",
+                         "", "", ""])
+            continue
         try:
             rows.append(train_twice(ctx, name, batches, figures))
         except Exception as error:  # noqa: BLE001  (one task fails; the others still run)
