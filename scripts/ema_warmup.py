@@ -4,8 +4,7 @@ decay 0.998 from the first step (torch's EMA, the old default) and decay 0.998 w
 warm-up (seqmodels.callbacks.averaging, the default now). Dev accuracy of all three at every quarter
 epoch, as a markdown table (docs/own_data.md).
 
-    cd /tmp/ema && SEQMODELS_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 \
-        /work/main/.venv/bin/python /work/main/scripts/ema_warmup.py --epochs 3 --seeds 1 2
+    OMP_NUM_THREADS=1 python scripts/ema_warmup.py --epochs 3 --seeds 1 2   # from the root
 
 Any other argument is a Hydra override of the run (``model.adversarial_epsilon=0`` ...).
 """

@@ -14,6 +14,11 @@ needs from a user is filled in the way a user would:
 
 A command that cannot run on this machine is listed in ``CANNOT_RUN`` with the reason; nothing
 else is skipped, and a new README command is tested without touching this file.
+
+The ``bash`` blocks of ``docs/*.md`` run the same way, after the README's, from the same
+directory as a clone's root (``scripts/`` is there): ``export`` lines and ``NAME=value``
+assignments set the environment of the commands after them (not ``SEQMODELS_DATA_DIR``: the tiny
+datasets stand in for the user's copy). What they cannot run here is in ``DOCS_CANNOT_RUN``.
 """
 
 import math
@@ -97,6 +102,23 @@ def strip_comment(line: str) -> str:
 
 
 COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOC_COMMANDS = [(doc, command) for doc in DOCS
+                for command in readme_commands(doc.read_text(encoding="utf-8"))]
+# (what the docs command contains, why it does not run here)
+DOCS_CANNOT_RUN = [
+    ("scripts/device_check.sh", "the GPU check (tests/test_device_check.py runs its CPU dry run)"),
+    ("make device-wheels", "packs wheels and data for a GPU machine"),
+    ("$GRID", "a grid of 12 runs per command; tests/test_compare.py runs a real grid sweep "
+              "through the same command"),
+    ("/tmp/sweeps/", "reads the grid sweeps of the commands above"),
+    ("scripts/bench_parallel_cells.py", "a benchmark of minutes (tests/test_parallel_cells.py "
+                                        "tests what it times)"),
+    ("trainer.max_time=00:00:02:45", "nine capped runs of the comparison, 3 minutes each; "
+                                     "their options are tested in tests/test_parallel_cells.py"),
+    ("epoch_006.ckpt", "the best checkpoint of the 8-epoch run above; tests/test_charlm.py "
+                       "generates from a trained run"),
+]
 
 
 class Workspace:
@@ -186,6 +208,12 @@ def test_the_readme_has_commands_and_names_every_one_it_cannot_run():
         assert any(marker in text + " " for text in texts), f"stale exception {marker!r}"
 
 
+def test_every_docs_exception_still_matches_a_command():
+    texts = [command.text for _, command in DOC_COMMANDS]
+    for marker, _ in DOCS_CANNOT_RUN:
+        assert any(marker in text for text in texts), f"stale exception {marker!r}"
+
+
 def serve_until_ready(command: str, ws: Workspace, ready: str, timeout: float = 60) -> str:
     """A server command (``make tensorboard``): up and saying ``ready``, then stopped."""
     process = subprocess.Popen(command, shell=True, cwd=ws.cwd, env=ws.env,
@@ -255,4 +283,39 @@ def test_readme_command(command: Command, workspace: Workspace):
                             capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{text}\n{output[-4000:]}"
+    check_outputs(text, workspace, result.stdout if "generate" in text else output)
+
+
+def set_environment(text: str, ws: Workspace) -> bool:
+    """``export A=1 B=2`` or ``NAME="value"``: into the environment of later commands (the
+    data directory excepted); True when the command was one of these."""
+    words = shlex.split(text)
+    assignments = words[1:] if words[0] == "export" else words
+    if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word) for word in assignments):
+        return False
+    for word in assignments:
+        name, value = word.split("=", 1)
+        if name != "SEQMODELS_DATA_DIR":
+            ws.env[name] = value
+    return True
+
+
+@pytest.mark.parametrize("doc,command", DOC_COMMANDS,
+                         ids=[f"{d.name}:{c.line}" for d, c in DOC_COMMANDS])
+def test_docs_command(doc: Path, command: Command, workspace: Workspace):
+    if set_environment(command.text, workspace):
+        return
+    for marker, reason in CANNOT_RUN + DOCS_CANNOT_RUN:
+        if marker in command.text + " ":
+            pytest.skip(f"{command.text!r}: {reason}")
+    if command.text in {readme.text for readme in COMMANDS}:
+        pytest.skip(f"{command.text!r}: the README has this very command (test_readme_command)")
+    for folder in ("scripts", "docs"):  # the directory is a clone's root
+        if not (workspace.cwd / folder).exists():
+            (workspace.cwd / folder).symlink_to(ROOT / folder)
+    text = shortened(workspace.fill_in(command.text))
+    result = subprocess.run(as_shell(text), shell=True, cwd=workspace.cwd, env=workspace.env,
+                            capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{doc.name}:{command.line}: {text}\n{output[-4000:]}"
     check_outputs(text, workspace, result.stdout if "generate" in text else output)
