@@ -319,18 +319,27 @@ def test_presets_build_every_task(tmp_path, preset, cell, bidirectional):
         assert lm(tokens)[0].shape == (2, 3, 10)
 
 
-def test_benchmark_prints_the_tables_at_a_tiny_size(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_benchmark_prints_the_tables_at_a_tiny_size(tmp_path, device):
     """scripts/bench_parallel_cells.py as a user runs it (from another directory), CI-sized:
-    the per-dtype table, the issue's summary layout, equal parameters and equal hidden size."""
+    the per-dtype tables, the issue's summary layout, equal parameters and equal hidden size;
+    on CUDA also bf16, the Triton scan's check and the peak memory per token at T = 2048."""
+    lengths = ["16", "2048"] if device == "cuda" else ["4", "16"]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_parallel_cells.py"), "--device", "cpu",
-         "--lengths", "4", "16", "--tokens", "64", "--hidden", "8", "--embedding", "8",
-         "--steps", "1", "--repeats", "1", "--sections", "training"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(ROOT / "scripts" / "bench_parallel_cells.py"), "--device", device,
+         "--lengths", *lengths, "--tokens", "4096" if device == "cuda" else "64",
+         "--hidden", "8", "--embedding", "8", "--steps", "1", "--repeats", "1",
+         "--sections", "training"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert "  minGRU: hidden 32, encoder parameters 576" in lines  # as the LSTM's 576
-    assert any(line.startswith("| 16 | 4 | ") and line.count("x |") == 3 for line in lines)
+    assert any(line.startswith(f"| {lengths[0]} | ") and line.count("x |") == 3
+               for line in lines)
     assert "| T | LSTM tok/s fp32 | minGRU / LSTM fp32 | minLSTM / LSTM fp32 | " \
-           "minGRU h8 / LSTM fp32 |" in lines
+           "minGRU h8 / LSTM fp32 |" in lines[lines.index("summary") + 2]
+    if device == "cuda":
+        assert not any(line.lstrip().startswith("!") for line in lines), result.stdout
+        assert "bf16 autocast" in lines
+        assert sum(line.startswith(("| LSTM | 8 | ", "| minGRU | 32 | ")) for line in lines) == 4
