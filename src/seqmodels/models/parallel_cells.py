@@ -122,6 +122,9 @@ class MinRNN(nn.Module):
 
     def backend(self, device: torch.device) -> str:
         """The scan that runs on ``device``: ``scan_backend`` ("auto", "triton" or "torch")."""
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {', '.join(SCAN_BACKENDS)}, "
+                             f"got {self.scan_backend!r}")
         if self.scan_backend == "torch":
             return "torch"
         if self.scan_backend == "triton" or device.type == "cuda" and scan_triton.available():
