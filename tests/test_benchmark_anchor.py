@@ -17,9 +17,10 @@ from tests.conftest import compose_config, write_lines
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(SCRIPTS / "device_check"))
+from checks import HostReads  # noqa: E402  (the device check's counter of host reads)
+
 import plain_loops as pl  # noqa: E402
 from benchmarks.anchor import AnchorSpec, StrongAnchor  # noqa: E402
-from checks import HostReads  # noqa: E402  (the device check's counter of host reads)
 
 NO_DROPOUT = ["model.dropout=0.0", "model.embedding_dropout=0.0"]
 

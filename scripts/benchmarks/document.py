@@ -37,8 +37,9 @@ HEADER = """# Benchmarks (CPU)
 Produced by `scripts/benchmark.py` (`make bench`, about 15 minutes); each section is a module
 of `scripts/benchmarks/` (overhead.py, batching.py, varlen.py, optim.py, threads.py,
 generation.py, data.py, compiled.py) and names the command that made it, and one section can
-be rerun alone (`make bench ARGS="--sections generation"`) without touching the others. Section 2b trains whole runs over several seeds
-(`scripts/bench_full_runs.py`, about an hour). GPU figures (bf16, cuDNN) are in
+be rerun alone (`make bench ARGS="--sections generation"`) without touching the others.
+Section 2b trains whole runs over several seeds (`scripts/bench_full_runs.py`, about an
+hour). GPU figures (bf16, cuDNN) are in
 [benchmarks_gpu.md](benchmarks_gpu.md). minGRU / minLSTM vs LSTM:
 [parallel_cells.md](parallel_cells.md) (`scripts/bench_parallel_cells.py`). Reading pretrained
 word vectors, first time and cached: [results.md](results.md#pretrained-word-vectors-glove-6b-50d)
