@@ -323,6 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    started = time.perf_counter()
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible to torch")
@@ -337,6 +338,7 @@ def main(argv=None) -> None:
         bench_training(args, device)
     if "generation" in args.sections:
         bench_generation(args)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
 
 
 if __name__ == "__main__":
