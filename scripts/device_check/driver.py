@@ -228,6 +228,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         meta["notes"].append(f"**boot failed**: {type(error).__name__}: {error}"[:400])
         update()
+        if not os.environ.get("KEEP_WORK"):
+            shutil.rmtree(args.work, ignore_errors=True)
         return 2
     quiet()
     if args.cpu_dry_run:
