@@ -44,4 +44,12 @@ def write(out: Path, meta: dict, records: list[dict]) -> None:
     results = {"mode": meta["mode"], "boot": meta.get("boot", {}), "notes": meta.get("notes", []),
                "sections": {r["name"]: {k: r[k] for k in ("status", "seconds", "budget",
                                                           "figures")} for r in records}}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=plain) + "\n")
+
+
+def plain(value):
+    """JSON for what figures hold besides numbers and strings: one-element tensors (metrics)
+    as numbers, anything else as its text."""
+    if getattr(value, "numel", None) is not None and value.numel() == 1:
+        return value.item()
+    return str(value)
