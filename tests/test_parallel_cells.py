@@ -175,9 +175,14 @@ def test_linear_scan_matches_the_recurrence_for_any_chunk_size(chunk):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
     with pytest.raises(ValueError, match="chunk must be at least 2"):
         linear_scan(a, b, chunk=1)
+
+
+def test_the_environment_chooses_the_scan(monkeypatch):
+    monkeypatch.setenv("SEQMODELS_SCAN", "torch")
+    assert RNNEncoder(3, 4, cell="mingru").rnn.backend(torch.device("cuda")) == "torch"
+    monkeypatch.setenv("SEQMODELS_SCAN", "cuda")
     encoder = RNNEncoder(3, 4, cell="mingru")
-    encoder.rnn.scan_backend = "cuda"
-    with pytest.raises(ValueError, match="scan_backend must be one of auto, triton, torch"):
+    with pytest.raises(ValueError, match=r"\(SEQMODELS_SCAN\) must be one of auto, triton, torch"):
         encoder(torch.randn(1, 2, 3))
 
 

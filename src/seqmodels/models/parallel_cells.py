@@ -29,6 +29,7 @@ Generation steps one token at a time with ``MinRNN.step`` (the same equations, n
 """
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ from seqmodels.models.scan import linear_scan
 
 # Cell -> its gates, stacked in this order in weight_ih / bias_ih ((G*H, I) and (G*H,)).
 PARALLEL_CELLS = {"mingru": ("z", "h"), "minlstm": ("f", "i", "h")}
-# "auto": the Triton kernel on CUDA where Triton imports, the PyTorch scan elsewhere.
+# "auto": the Triton kernel on CUDA where Triton imports, the PyTorch scan elsewhere;
+# the environment variable SEQMODELS_SCAN sets it for every model a process builds.
 SCAN_BACKENDS = ("auto", "triton", "torch")
 
 
@@ -75,7 +77,8 @@ class MinRNN(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
-        self.scan_backend = "auto"  # SCAN_BACKENDS: the benchmark and the tests choose
+        # SCAN_BACKENDS; SEQMODELS_SCAN=torch in the environment keeps CUDA off Triton
+        self.scan_backend = os.environ.get("SEQMODELS_SCAN", "auto")
         directions = 2 if bidirectional else 1
         self.layer_input_sizes = [input_size] + [hidden_size * directions] * (num_layers - 1)
         size = len(self.gates) * hidden_size
@@ -123,8 +126,8 @@ class MinRNN(nn.Module):
     def backend(self, device: torch.device) -> str:
         """The scan that runs on ``device``: ``scan_backend`` ("auto", "triton" or "torch")."""
         if self.scan_backend not in SCAN_BACKENDS:
-            raise ValueError(f"scan_backend must be one of {', '.join(SCAN_BACKENDS)}, "
-                             f"got {self.scan_backend!r}")
+            raise ValueError(f"scan_backend (SEQMODELS_SCAN) must be one of "
+                             f"{', '.join(SCAN_BACKENDS)}, got {self.scan_backend!r}")
         if self.scan_backend == "torch":
             return "torch"
         if self.scan_backend == "triton" or device.type == "cuda" and scan_triton.available():
