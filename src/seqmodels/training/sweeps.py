@@ -256,8 +256,9 @@ class StudySweep(OptunaSweeperImpl):
             results = {"name": "optuna", "best_params": best.params, "best_value": best.value,
                        "best_trial": best.number}
             log.info("best value %s (trial %d): %s", best.value, best.number, best.params)
-        OmegaConf.save(OmegaConf.create(results),
-                       f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # none yet when there was nothing to run
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
 
 
 def job_key(sweep_dir: str, job_num: int) -> str:
