@@ -12,7 +12,8 @@ the median of per-repetition ratios. On CUDA the minimum over the steps is synch
 the peak memory of one training step (beyond the weights, the optimizer state and the batch)
 is reported per token at T = 2048.
 
-Imports only torch and seqmodels' model modules (no Hydra). One command for the GPU table:
+The training section imports only torch and seqmodels' encoder (no Hydra, no Lightning; the
+generation section needs Lightning). One command for the GPU table:
 
     python scripts/bench_parallel_cells.py --device cuda
 
@@ -30,9 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.data.vocab import Vocab
 from seqmodels.models import scan_triton
-from seqmodels.models.charlm import CharLanguageModel
 from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.parallel_cells import PARALLEL_CELLS, SCAN_BACKENDS, coefficients
 from seqmodels.models.scan import linear_scan
@@ -279,6 +278,10 @@ def _tokens(per_second: float) -> str:
 
 
 def bench_generation(args) -> None:
+    # here, not at the top: the training section needs only torch (the char LM needs Lightning)
+    from seqmodels.data.vocab import Vocab
+    from seqmodels.models.charlm import CharLanguageModel
+
     target = encoder_parameters("lstm", 64, 512, 2)
     sizes = {"lstm": 512, **{c: matching_hidden(c, 64, target, 2) for c in ("mingru", "minlstm")}}
     vocab = Vocab(["<pad>", "<unk>", *(chr(33 + i) for i in range(VOCAB - 2))])
