@@ -233,7 +233,8 @@ class StudySweep(OptunaSweeperImpl):
                 log.warning("trial %d (job %d) failed: %s", trial.number, job, error)
                 failures.append(ret)
                 continue
-            if PRUNED_AT in study._storage.get_trial(trial._trial_id).system_attrs:
+            # from the database itself: the study's cache holds this process's own view
+            if PRUNED_AT in storage.get_trial(trial._trial_id).system_attrs:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, values=[value])
