@@ -42,7 +42,8 @@ class ConsoleFilter(logging.Filter):
     errors that are not ``LIBRARY_NOISE``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".")[0] == "seqmodels":
+        # Ours: our modules, and the command's own (``python -m seqmodels.cli.train``: __main__)
+        if record.name.split(".")[0] in ("seqmodels", "__main__"):
             return getattr(record, "console", True)
         if record.levelno < logging.WARNING:
             return False
