@@ -20,6 +20,8 @@ Nothing here changes the trained network: the graphs wrap a deep copy.
 """
 
 import copy
+import functools
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -36,16 +38,25 @@ TAGGER_INPUTS = ("tokens", "lengths")
 CHARS_INPUT = "chars"
 
 
-@torch.jit.script
-def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-    """h_t = a_t h_(t-1) + b_t over (B, T, H), step by step from the (B, H) ``h0``; scripted
-    so that the loop runs over the input's own length after export."""
+def _linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """h_t = a_t h_(t-1) + b_t over (B, T, H), step by step from the (B, H) ``h0``."""
     h = h0
     steps: list[Tensor] = []
     for t in range(a.size(1)):
         h = a[:, t] * h + b[:, t]
         steps.append(h)
     return torch.stack(steps, dim=1)
+
+
+@functools.cache
+def linear_recurrence():
+    """``_linear_recurrence`` scripted, so that the loop runs over the input's own length
+    after export (traced, it would be unrolled for the traced length). Scripting is
+    deprecated in favour of torch.export, whose ONNX exporter fixes the length elsewhere
+    (``writer._onnx_export``); its warning is not the user's business."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_linear_recurrence)
 
 
 class ExportEncoder(RNNEncoder):
@@ -84,7 +95,7 @@ class ExportEncoder(RNNEncoder):
                        >= lengths.unsqueeze(1)).unsqueeze(2)
             a, b = a.masked_fill(padding, 1.0), b.masked_fill(padding, 0.0)
         h0 = torch.zeros_like(b[:, 0]) if initial is None else initial[0].float()
-        out = linear_recurrence(a, b, h0).to(gates.dtype)
+        out = linear_recurrence()(a, b, h0).to(gates.dtype)
         return out, out[:, -1].unsqueeze(0)
 
 

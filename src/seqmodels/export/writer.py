@@ -8,10 +8,12 @@ in onnxruntime on a batch of other sizes than the traced one and compared with t
 network: an export that baked in the traced shapes, or computes something else, is refused.
 """
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -187,7 +189,7 @@ def _onnx_export(graph, example: dict, names: list, spec: dict, path: Path, opse
     exporter of torch 2.13 fixed the sequence length inside its RNN lowering)."""
     args = tuple(example[name] for name in names)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation, tracer notes
             torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset,
                               input_names=names, output_names=list(spec["outputs"]),
@@ -199,6 +201,22 @@ def _onnx_export(graph, example: dict, names: list, spec: dict, path: Path, opse
                               f"needs ({first.strip()[:200]}); use opset={DEFAULT_OPSET}") from None
         raise ConfigError(f"the model could not be exported to ONNX: {type(error).__name__}: "
                           f"{first.strip()[:300]}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """The exporter prints the whole graph to stdout (from C++) when an op fails; the one line
+    of the error says what matters."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _largest_difference(graph, path: Path, example: dict, spec: dict) -> float:
