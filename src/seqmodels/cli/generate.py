@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from seqmodels.cli.eval import load_model
 from seqmodels.config import config_dir, exit_on_user_error
 from seqmodels.errors import ConfigError
+from seqmodels.inference import commands as exported
+from seqmodels.inference.bundle import is_export_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,6 +30,8 @@ def resolve_device(name: str) -> torch.device:
 
 def generate_text(cfg: DictConfig, out: TextIO = sys.stdout) -> str:
     """Write the prompt, then the sampled characters one by one, to ``out``; return them."""
+    if is_export_dir(cfg.ckpt_path):  # seqmodels-export's directory: run by onnxruntime
+        return exported.generate(cfg, out)
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

@@ -43,6 +43,8 @@ from seqmodels.data.files import (
 from seqmodels.data.labelled_text import csv_rows, json_records, text_column_of, tokens_of
 from seqmodels.data.tagging import TaggingDataModule, collate_tagging
 from seqmodels.errors import ConfigError, DataError
+from seqmodels.inference import commands as exported
+from seqmodels.inference.bundle import is_export_dir
 from seqmodels.overrides import hold_composition_errors
 
 log = logging.getLogger(__name__)
@@ -268,6 +270,8 @@ def check_options(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig, out: TextIO | None = None) -> int:
     """Write a prediction per input sentence to ``out`` (default: ``cfg.output``); return how
     many sentences were predicted."""
+    if is_export_dir(cfg.ckpt_path):  # seqmodels-export's directory: run by onnxruntime
+        return exported.predict(cfg, out)
     check_options(cfg)
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("threads"):
