@@ -127,25 +127,36 @@ def test_a_csv_file_trains_evaluates_and_predicts(workspace, csv_run):
     assert len(rest) == 79
 
 
-def test_json_lines_train(workspace):
+def test_json_lines_train_and_verbose_shows_the_rest(workspace):
     cwd, env = workspace
-    result = command("train", "data=text_classification", "data.train_path=my/reviews.jsonl",
-                     "data.format=jsonl", *SMALL, "trainer.max_epochs=1", "test=false",
-                     cwd=cwd, env=env)
+    result = command("train", "-v", "data=text_classification",
+                     "data.train_path=my/reviews.jsonl", "data.format=jsonl", *SMALL,
+                     "trainer.max_epochs=1", "test=false", cwd=cwd, env=env)
     assert '"positive"' in (run_dir_of(result) / "vocab.json").read_text()
+    assert "instantiating model <" in result.stdout + result.stderr  # -v: train.log's lines too
 
 
 def test_a_csv_file_read_in_another_format_is_told_data_format_csv(workspace):
-    """The file's name says CSV (read as the default label_text), or, named .txt and read as
-    tsv, its first line does."""
+    """Named .txt and read in the default format, its first line says CSV."""
     cwd, env = workspace
     plain = cwd / "my" / "reviews_csv.txt"
     plain.write_bytes((cwd / "my" / "reviews.csv").read_bytes())
-    for args in (["data.train_path=my/reviews.csv"],
-                 [f"data.train_path={plain.relative_to(cwd)}", "data.format=tsv"]):
-        line = one_line_error(command("train", "data=text_classification", *args,
-                                      "data.encoding=cp1252", cwd=cwd, env=env))
-        assert "data.format=csv" in line, line
+    line = one_line_error(command("train", "data=text_classification",
+                                  f"data.train_path={plain.relative_to(cwd)}",
+                                  "data.encoding=cp1252", cwd=cwd, env=env))
+    assert "data.format=csv" in line, line
+
+
+@pytest.mark.parametrize("fmt", ["label_text", "tsv"])
+def test_a_csv_name_read_in_another_format_is_told_data_format_csv(workspace, fmt):
+    from seqmodels.data.classification import TextClassificationDataModule
+    from seqmodels.errors import DataError
+
+    cwd, _ = workspace
+    datamodule = TextClassificationDataModule(str(cwd / "my" / "reviews.csv"), format=fmt,
+                                              encoding="cp1252")
+    with pytest.raises(DataError, match=f"read with data.format={fmt}: .*data.format=csv"):
+        datamodule.read(cwd / "my" / "reviews.csv")
 
 
 # -- 3. config mistakes, each one line that says what to type ----------------------------------
@@ -213,14 +224,6 @@ def test_a_progress_line_off_a_terminal_and_the_mid_epoch_validation_marked(sst2
     mid = re.findall(r"^epoch (\d)/1, batch 6/12: val/acc", console, re.MULTILINE)
     ends = re.findall(r"^epoch (\d)/1: val/acc", console, re.MULTILINE)
     assert mid == ["0", "1"] and ends == ["0", "1"], console
-
-
-def test_verbose_shows_the_rest(workspace):
-    cwd, env = workspace
-    result = command("train", "-v", "experiment=sst2_bilstm", *SMALL, "debug=fdr", cwd=cwd,
-                     env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "instantiating model <" in result.stdout + result.stderr
 
 
 def test_named_labels_and_four_digit_probabilities(workspace, sst2_run):
