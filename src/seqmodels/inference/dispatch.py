@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from seqmodels.inference import commands
 from seqmodels.inference.bundle import is_export_dir
+from seqmodels.overrides import hold_composition_errors
 
 
 def exported_dir(argv: list[str]) -> str | None:
@@ -23,6 +24,7 @@ def exported_dir(argv: list[str]) -> str | None:
     return None
 
 
+@hold_composition_errors("predict")
 @hydra.main(version_base="1.3", config_path=commands.config_dir(), config_name="predict")
 @commands.one_line_errors
 def _predict_exported(cfg: DictConfig) -> None:
@@ -33,6 +35,7 @@ def _predict_exported(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+@hold_composition_errors("generate")
 @hydra.main(version_base="1.3", config_path=commands.config_dir(), config_name="generate")
 @commands.one_line_errors
 def _generate_exported(cfg: DictConfig) -> None:
