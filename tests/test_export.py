@@ -104,6 +104,24 @@ def test_exported_word_model_equals_the_network(tmp_path, kind, case):
         assert (got.argmax(2)[real] == logits.numpy().argmax(2)[real]).all()
 
 
+def test_pretrained_vectors_export(tmp_path):
+    """Pretrained vectors (frozen where the file had the word) and words added from the
+    vectors file beyond the trained rows: the lookup exports as the network computes it."""
+    torch.manual_seed(0)
+    embeddings = WordEmbeddings(60, 8, trained_vocab_size=40, pretrained=True, freeze=True)
+    embeddings.pretrained.normal_()
+    embeddings.found.copy_(torch.rand(60) < 0.5)
+    net = SentenceClassifierNet(embeddings, {"hidden_size": 6, "cell": "gru"}, 2).eval()
+    write_graph(task_spec(types.SimpleNamespace(task="classification", net=net, vocabs={})),
+                tmp_path / "model.onnx")
+    tokens, lengths, _ = word_batch([5, 1, 3], vocab=60, seed=2)
+    assert (tokens >= 40).any()  # words with a pretrained vector only
+    got = run_onnx(tmp_path / "model.onnx", {"tokens": tokens, "lengths": lengths})[0]
+    with torch.no_grad():
+        expected = net(tokens, lengths).softmax(-1).numpy()
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
 def test_exported_char_lm_steps_like_the_network(tmp_path, cell):
     """The prompt at once, then steps of one character, the state fed back: the network's
@@ -165,16 +183,17 @@ def conllu_lines(sentences):
 
 @pytest.fixture(scope="module")
 def tagger_ckpt(tmp_path_factory) -> Path:
-    """A tiny tagger with character features (words clipped to 3 characters)."""
+    """A tiny tagger with character features (words clipped to 3 characters), trained with
+    seqmodels-train from a directory outside the repository."""
     root = tmp_path_factory.mktemp("tagger")
     train_path = write_lines(root / "train.conllu", conllu_lines(TAGGED) * 4)
-    cfg = compose_config(root, [
-        "data=conllu", f"data.train_path={train_path}", f"data.val_path={train_path}",
-        "data.max_word_length=3", "data.batch_size=4", "model=tagger", "model.embedding_dim=8",
-        "model.encoder.hidden_size=8", "model.chars.embedding_dim=4",
-        "model.chars.hidden_size=4", *QUIET])
-    _, objects = train(cfg)
-    return Path(objects["trainer"].checkpoint_callback.best_model_path)
+    done = command("seqmodels-train", "data=conllu", f"data.train_path={train_path}",
+                   f"data.val_path={train_path}", "data.max_word_length=3", "data.batch_size=4",
+                   "model=tagger", "model.embedding_dim=8", "model.encoder.hidden_size=8",
+                   "model.chars.embedding_dim=4", "model.chars.hidden_size=4", *QUIET, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (best,) = root.glob("logs/train/runs/*/checkpoints/epoch_*.ckpt")
+    return best
 
 
 @pytest.fixture(scope="module")
