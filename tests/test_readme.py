@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ CANNOT_RUN = [
                      "tests/test_distributed.py)"),
     ("torchrun --nnodes", "needs several machines"),
     ("srun ", "needs a SLURM cluster"),
+    ("postgresql://", "needs a PostgreSQL server (tests/test_sweeps.py starts one where it "
+                      "can: test_a_search_in_postgresql)"),
 ]
 
 
@@ -231,6 +234,12 @@ def serve_until_ready(command: str, ws: Workspace, ready: str, timeout: float = 
     return (output + (process.stdout.read() or b"")).decode(errors="replace")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def check_outputs(text: str, ws: Workspace, output: str) -> None:
     """What the README says a command produces is there."""
     words = shlex.split(text.split("|")[-1])
@@ -279,10 +288,17 @@ def test_readme_command(command: Command, workspace: Workspace):
         output = serve_until_ready(as_shell(text), workspace, "http://")
         assert re.search(r"TensorBoard \S+ at http://", output), output[-2000:]
         return
+    if text.startswith("mlflow ui"):  # on a free port: CI may have something on 5000
+        output = serve_until_ready(f"{text} --port {free_port()}", workspace, "running on http")
+        assert "Uvicorn running on http://127.0.0.1" in output, output[-2000:]
+        return
     result = subprocess.run(as_shell(text), shell=True, cwd=workspace.cwd, env=workspace.env,
                             capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{text}\n{output[-4000:]}"
+    if "hydra/launcher=submitit" in text:  # its jobs print into submitit's log files
+        output += "".join(log.read_text() for log in sorted(
+            workspace.newest_sweep().glob(".submitit/*/*_log.*")))
     check_outputs(text, workspace, result.stdout if "generate" in text else output)
 
 
