@@ -1,6 +1,7 @@
-"""Predict speed and accuracy of a classifier checkpoint against its ONNX exports (issue 26,
+"""Predict speed and accuracy of a checkpoint against its ONNX exports (issue 26,
 docs/export.md): seqmodels-predict's own functions in one process (no start-up, no model
-loading in the clock), on a labelled ``<label> <text>`` file, batch 1 and batch 64.
+loading in the clock), batch 1 and batch 64. A classifier reads a ``<label> <text>`` file, a
+tagger a CoNLL-U file (its UPOS column the gold tags; accuracy per token).
 
     python scripts/bench_export.py CKPT TEST_FILE [--threads 1] [--limit N]
 """
@@ -23,15 +24,37 @@ from seqmodels.inference.commands import predict as predict_exported
 
 
 def run(predict, ckpt, source: Path, batch: int, threads: int) -> tuple[float, list[str]]:
+    """Sentences/s, and the predicted label of each sentence (or tag of each token)."""
     GlobalHydra.instance().clear()
+    tagging = source.suffix == ".conllu"
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={source}", "format=jsonl",
-                                  f"batch_size={batch}", f"threads={threads}", "device=cpu"])
+                                  f"batch_size={batch}", f"threads={threads}", "device=cpu",
+                                  f"input_format={'conllu' if tagging else 'text'}"])
     out = io.StringIO()
     started = time.perf_counter()
     count = predict(cfg, out)
     seconds = time.perf_counter() - started
-    return count / seconds, [json.loads(line)["label"] for line in out.getvalue().splitlines()]
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    return count / seconds, ([tag for row in rows for tag in row["tags"]] if tagging
+                             else [row["label"] for row in rows])
+
+
+def test_data(path: Path, limit: int | None, folder: Path, model) -> tuple[Path, list[str]]:
+    """The input file to predict and the gold labels (or tags, token by token)."""
+    if path.suffix == ".conllu":
+        blocks = path.read_text(encoding="utf-8").strip().split("\n\n")[:limit]
+        source = folder / "input.conllu"
+        source.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+        gold = [line.split("\t")[3] for block in blocks for line in block.splitlines()
+                if line.split("\t")[0].isdigit()]
+        return source, gold
+    lines = path.read_text(encoding="utf-8").splitlines()[:limit]
+    source = folder / "input.txt"
+    source.write_text("".join(line.split(" ", 1)[1] + "\n" for line in lines), encoding="utf-8")
+    names = (model.data_config or {}).get("label_names") or {}
+    raw = [line.split(" ", 1)[0] for line in lines]
+    return source, [names.get(int(r), names.get(r, r)) if names else r for r in raw]
 
 
 def main() -> None:
@@ -42,13 +65,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench_export_"))
-    lines = Path(args.test_file).read_text(encoding="utf-8").splitlines()[: args.limit]
-    gold_raw = [line.split(" ", 1)[0] for line in lines]
-    source = folder / "input.txt"
-    source.write_text("".join(line.split(" ", 1)[1] + "\n" for line in lines), encoding="utf-8")
     model = load_model(args.ckpt).eval()
-    names = (model.data_config or {}).get("label_names") or {}
-    gold = [names.get(int(raw), names.get(raw, raw)) if names else raw for raw in gold_raw]
+    source, gold = test_data(Path(args.test_file), args.limit, folder, model)
     rows = []
     for name, quantize in (("onnx", None), ("onnx-int8", "int8")):
         started = time.perf_counter()
@@ -70,9 +88,10 @@ def main() -> None:
         agree = sum(a == b for a, b in zip(labels, reference)) / len(gold)
         rows.append(f"| {name} | {speeds[1]:.0f} | {speeds[64]:.0f} | {100 * accuracy:.2f} | "
                     f"{100 * agree:.2f} |")
-    print(f"\n{len(gold)} sentences, {args.threads} thread(s)\n")
+    unit = "tokens" if source.suffix == ".conllu" else "sentences"
+    print(f"\n{len(gold)} {unit}, {args.threads} thread(s)\n")
     print("| model | sentences/s, batch 1 | sentences/s, batch 64 | test accuracy % | "
-          "same label as the checkpoint % |")
+          f"same {'tag' if unit == 'tokens' else 'label'} as the checkpoint % |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 

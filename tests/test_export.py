@@ -90,10 +90,17 @@ def test_exported_word_model_equals_the_network(tmp_path, kind, case):
     write_graph(task_spec(fake), tmp_path / "model.onnx")
     for seed, sizes in enumerate(([6, 3, 1, 4], [1])):  # other sizes than traced
         tokens, lengths, char_ids = word_batch(sizes, seed=seed)
-        feed = {"tokens": tokens, "lengths": lengths, **({"chars": char_ids} if chars else {})}
+        feed = {"tokens": tokens, "lengths": lengths}
+        spelled = None
+        if chars:  # the runner's numpy layout of the spellings is training's SpelledWords
+            spelled = SpelledWords.from_padded(char_ids, tokens != 0)
+            words = [[[c for c in word if c] for word in row[:n]]
+                     for row, n in zip(char_ids.tolist(), lengths.tolist())]
+            feed["spellings"], feed["spelling_index"] = map(
+                torch.from_numpy, bundle.distinct_spellings(words, tokens.size(1)))
+            assert len(feed["spellings"]) == len(spelled.spellings)
         got = run_onnx(tmp_path / "model.onnx", feed)[0]
         with torch.no_grad():  # the network as training runs it: SpelledWords from the collate
-            spelled = SpelledWords.from_padded(char_ids, tokens != 0) if chars else None
             logits = net(tokens, lengths, spelled)
         if kind == "classification":
             expected = logits.softmax(-1).numpy()
@@ -229,7 +236,7 @@ def test_tagger_export_predicts_like_the_checkpoint_without_torch(tmp_path, tagg
                                                           "model.onnx", "vocabs.json"]
     manifest = json.loads((exported / "export.json").read_text())
     assert manifest["text_settings"]["max_word_length"] == 3
-    assert "`chars`" in (exported / "README.md").read_text()
+    assert "`spelling_index`" in (exported / "README.md").read_text()
 
     from_export = command("seqmodels-predict", "ckpt_path=exported", f"input={source}",
                           "batch_size=2", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})

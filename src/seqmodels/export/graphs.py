@@ -12,9 +12,9 @@ traced length. So the exported copy
   cannot be traced), which ONNX holds as its own RNN/GRU/LSTM operator over any length;
 - runs minGRU/minLSTM's linear recurrence as a scripted loop, which becomes an ONNX ``Loop``
   over the steps (the training scan's chunking depends on the traced length);
-- reads character features from (B, T, W) character ids: every position's word through the
-  character encoder at once, with its own length (the padded strategy makes that exact),
-  instead of the batch's distinct spellings that the collate finds on the host.
+- reads character features from the batch's distinct spellings, laid out as training's
+  ``SpelledWords`` (the runner finds them with numpy), all through the character encoder in
+  one call, each with its own length, instead of training's few calls by length group.
 
 Nothing here changes the trained network: the graphs wrap a deep copy.
 """
@@ -35,7 +35,7 @@ from seqmodels.models.parallel_cells import PARALLEL_CELLS, coefficients
 # onnxruntime runner feeds.
 CLASSIFIER_INPUTS = ("tokens", "lengths")
 TAGGER_INPUTS = ("tokens", "lengths")
-CHARS_INPUT = "chars"
+CHARS_INPUTS = ("spellings", "spelling_index")
 
 
 def _linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -99,10 +99,13 @@ class ExportEncoder(RNNEncoder):
         return out, out[:, -1].unsqueeze(0)
 
 
-class PaddedCharEncoder(nn.Module):
-    """``CharWordEncoder`` over (B, T, W) character ids (``PAD_ID`` after each word's end):
-    every position's word at once, each with its own length (an empty word, or a padded
-    position, is read as one ``PAD_ID``, as ``SpelledWords`` reads an empty word)."""
+class SpellingsCharEncoder(nn.Module):
+    """``CharWordEncoder`` over a batch's distinct spellings, laid out as ``SpelledWords``
+    lays them out (the runner builds the same on the host, with numpy): (U, W) character ids,
+    ``PAD_ID`` after each spelling's end, and the (B, T) row of each position's spelling,
+    U at padding. All U spellings go through the encoder in one call, each with its own
+    length (training reads them in a few groups of similar length: the padded strategy makes
+    both exact)."""
 
     def __init__(self, chars: CharWordEncoder):
         super().__init__()
@@ -112,49 +115,55 @@ class PaddedCharEncoder(nn.Module):
     def get_output_dim(self) -> int:
         return self.encoder.get_output_dim()
 
-    def forward(self, words: Tensor, mask: Tensor) -> Tensor:
-        flat = words.reshape(-1, words.size(2))  # (B*T, W)
-        lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
-        final = self.encoder(self.embedding(flat), lengths).final  # (B*T, D)
-        vectors = final.reshape(words.size(0), words.size(1), -1)
+    def forward(self, words: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        spellings, index = words
+        lengths = (spellings != PAD_ID).sum(dim=1).clamp(min=1)  # an empty word: one PAD_ID
+        final = self.encoder(self.embedding(spellings), lengths).final  # (U, D)
+        table = torch.cat([final, final.new_zeros(1, final.size(1))])  # padding's row: U
+        vectors = table[index]  # (B, T, D)
         return vectors * mask.unsqueeze(2).to(vectors.dtype)
 
 
 def exportable_copy(net: nn.Module) -> nn.Module:
     """A deep copy of a task's network in eval mode, with every encoder an ``ExportEncoder``
-    and character features read from (B, T, W) ids."""
+    and character features read from a batch's distinct spellings."""
     net = copy.deepcopy(net).eval()
     for owner in [net, *net.modules()]:
         for name, child in list(owner.named_children()):
             if isinstance(child, CharWordEncoder):
-                setattr(owner, name, PaddedCharEncoder(child))
+                setattr(owner, name, SpellingsCharEncoder(child))
             elif isinstance(child, RNNEncoder) and not isinstance(child, ExportEncoder):
                 setattr(owner, name, ExportEncoder.from_encoder(child))
     return net
 
 
 class ClassifierGraph(nn.Module):
-    """tokens (B, T), lengths (B,) [, chars (B, T, W)] -> probs (B, num_classes)."""
+    """tokens (B, T), lengths (B,) [, spellings (U, W), spelling_index (B, T)] -> probs
+    (B, num_classes)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = exportable_copy(net)
         self.eval()
 
-    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, lengths: Tensor, spellings: Tensor | None = None,
+                spelling_index: Tensor | None = None) -> Tensor:
+        chars = None if spellings is None else (spellings, spelling_index)
         return self.net(tokens, lengths, chars).softmax(dim=-1)
 
 
 class TaggerGraph(nn.Module):
-    """tokens (B, T), lengths (B,) [, chars (B, T, W)] -> scores (B, T, num_tags): the
-    logits per token (their argmax is the tag)."""
+    """tokens (B, T), lengths (B,) [, spellings (U, W), spelling_index (B, T)] -> scores
+    (B, T, num_tags): the logits per token (their argmax is the tag)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = exportable_copy(net)
         self.eval()
 
-    def forward(self, tokens: Tensor, lengths: Tensor, chars: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, lengths: Tensor, spellings: Tensor | None = None,
+                spelling_index: Tensor | None = None) -> Tensor:
+        chars = None if spellings is None else (spellings, spelling_index)
         return self.net(tokens, lengths, chars)
 
 

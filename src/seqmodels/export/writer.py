@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqmodels.data.chars import SpelledWords
 from seqmodels.errors import ConfigError
 from seqmodels.export import graphs
 from seqmodels.inference.bundle import (
@@ -90,7 +91,8 @@ def task_spec(model) -> dict:
         graph, outputs = graphs.TaggerGraph(net), {"scores": {0: "batch", 1: "time"}}
     inputs = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}}
     if with_chars:
-        inputs[graphs.CHARS_INPUT] = {0: "batch", 1: "time", 2: "word"}
+        inputs["spellings"] = {0: "spellings", 1: "word"}
+        inputs["spelling_index"] = {0: "batch", 1: "time"}
     vocab = net.embeddings.vocab_size
     chars = model.vocabs["chars"] if with_chars else None
     return {"task": task, "graph": graph, "inputs": inputs, "outputs": outputs,
@@ -108,7 +110,9 @@ def _word_batch(lengths: tuple, vocab: int, chars, width: int) -> dict:
     if chars is not None:
         ids = torch.randint(2, max(len(chars), 3), (batch, steps, width), generator=generator)
         word_lengths = torch.randint(1, width + 1, (batch, steps, 1), generator=generator)
-        example["chars"] = ids * (torch.arange(width) < word_lengths) * real.unsqueeze(2)
+        ids = ids * (torch.arange(width) < word_lengths) * real.unsqueeze(2)
+        spelled = SpelledWords.from_padded(ids, real)  # the layout the runner builds
+        example["spellings"], example["spelling_index"] = spelled.spellings, spelled.index
     return example
 
 
@@ -295,8 +299,11 @@ def describe(manifest: dict) -> str:
                   "int64 (batch, time): character ids from `vocabs.json` `chars`",
         "lengths": "int64 (batch,): each row's true length, at least 1; padding never changes "
                    "a result",
-        "chars": "int64 (batch, time, word): each word's character ids (`vocabs.json` `chars`, "
-                 "words clipped to `max_word_length` keeping both ends), 0 after its end",
+        "spellings": "int64 (spellings, word): the batch's distinct words as character ids "
+                     "(`vocabs.json` `chars`; words clipped to `max_word_length` keeping both "
+                     "ends), one row each, 0 after its end",
+        "spelling_index": "int64 (batch, time): the row of `spellings` that spells each "
+                          "token; the number of rows (one past the last) at padding",
         "h0": "float32 (layers, batch, hidden): the recurrent state (zeros to start)",
         "c0": "float32 (layers, batch, hidden): the LSTM cell state (zeros to start)",
         "probs": "float32 (batch, labels): the probability of each label, in the order of "

@@ -38,6 +38,29 @@ def clip_word(word: str, max_chars: int) -> str:
     return word[:head] + word[len(word) - (max_chars - head):]
 
 
+def distinct_spellings(sentences: list[list[list[int]]],
+                       steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sentence, per word, character ids -> the batch's distinct spellings (U, W), ``PAD_ID``
+    after each end, and the (B, ``steps``) row of each position's spelling, U at padding: the
+    layout of training's ``SpelledWords``. A batch repeats "the" and "," many times; each
+    distinct word goes through the character encoder once."""
+    rows: dict[tuple[int, ...], int] = {}
+    index = np.empty((len(sentences), steps), dtype=np.int64)
+    for b, words in enumerate(sentences):
+        index[b, :len(words)] = [rows.setdefault(tuple(word), len(rows)) for word in words]
+    index[index_padding(sentences, steps)] = len(rows)
+    width = max((len(word) for word in rows), default=1) or 1
+    spellings = np.full((max(len(rows), 1), width), PAD_ID, dtype=np.int64)
+    for word, row in rows.items():
+        spellings[row, :len(word)] = word
+    return spellings, index
+
+
+def index_padding(sentences: list, steps: int) -> np.ndarray:
+    """(B, steps) true past each sentence's end."""
+    return np.arange(steps) >= np.array([len(words) for words in sentences])[:, None]
+
+
 class ExportedModel:
     """An exported directory: its manifest, vocabularies and an onnxruntime session.
 
@@ -81,13 +104,9 @@ class ExportedModel:
             tokens[row, :len(ids)] = ids
         feed = {"tokens": tokens,
                 "lengths": np.array([len(ids) for ids, _ in encoded], dtype=np.int64)}
-        if "chars" in self.input_names:
-            width = max(max((len(w) for w in spelled), default=1) for _, spelled in encoded)
-            chars = np.full((len(encoded), steps, max(width, 1)), PAD_ID, dtype=np.int64)
-            for row, (_, spelled) in enumerate(encoded):
-                for step, word in enumerate(spelled):
-                    chars[row, step, :len(word)] = word
-            feed["chars"] = chars
+        if "spellings" in self.input_names:
+            feed["spellings"], feed["spelling_index"] = distinct_spellings(
+                [spelled for _, spelled in encoded], steps)
         return self.session.run(None, feed)[0]
 
     # -- characters (the language model's step function) --------------------------------------
