@@ -62,7 +62,10 @@ def test_graph_benchmark_runs_its_eager_arm_on_the_cpu():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_captured_step_trains_the_weights_the_eager_step_does():
+    """Within the noise of two eager runs (cuDNN and the embedding's backward add in an order
+    of their own), or within 1e-5 where two eager runs agree."""
     bench = bench_cuda_graphs()
     device = torch.device("cuda")
     batches = bench.make_batches(4, 200, device)
-    assert bench.max_weight_difference(200, batches, device, count=10) < 1e-4
+    floor = bench.max_weight_difference(200, batches, device, count=10, captured=False)
+    assert bench.max_weight_difference(200, batches, device, count=10) <= max(10 * floor, 1e-5)
