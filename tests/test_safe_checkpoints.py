@@ -292,8 +292,14 @@ def test_trust_checkpoint_takes_true_or_false_only(tmp_path):
         trusted.read_checkpoint(tmp_path / "x.ckpt", trust="yes")
 
 
-def test_a_damaged_file_is_named_in_one_line(tmp_path):
-    path = write_lines(tmp_path / "notes.ckpt", ["not a checkpoint"])
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_file_is_named_in_one_line(tmp_path, damage):
+    path = tmp_path / "model.ckpt"
+    if damage == "text":
+        write_lines(path, ["not a checkpoint"])
+    else:
+        torch.save({"state_dict": {"w": torch.ones(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ConfigError, match=f"{path} is not a readable checkpoint") as error:
         trusted.read_checkpoint(path)
     assert "\n" not in str(error.value)

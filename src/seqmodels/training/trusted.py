@@ -119,9 +119,14 @@ def _load_weights_only(path: Path) -> dict:
             raise UntrustedCheckpoint(path, f"it holds a pickled {found.group(1)}, code that "
                                       "reading it would run (a checkpoint holds tensors and plain "
                                       "values only)") from None
-        reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
-        raise UntrustedCheckpoint(path, "it holds more than tensors and plain values ("
-                                  f"{reason.group(1) if reason else _last_line(error)})") from None
+        # What the safe reader stopped at: the first words after its "error:".
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+        reason = found.group(1).strip() if found else _last_line(error)
+        if found is None or reason.startswith("Unsupported operand"):  # no pickle at all
+            raise ConfigError(f"{path} is not a readable checkpoint (not written by torch.save, "
+                              f"or damaged): {reason}") from None
+        raise UntrustedCheckpoint(path, f"it holds more than tensors and plain values ({reason})"
+                                  ) from None
     except Exception as error:  # torch raises many types for a file that is no checkpoint
         raise ConfigError(f"{path} is not a readable checkpoint (not written by torch.save, or "
                           f"damaged): {type(error).__name__}: {_last_line(error)}") from None
