@@ -1,8 +1,8 @@
 """A checkpoint from someone else cannot run code on your machine (issue 28), tried as a user
 would, through the commands from a directory outside the repo.
 
-Every command that reads a checkpoint (seqmodels-eval, -predict, -generate, -summary, and
-seqmodels-train resuming) refuses, in one line naming the file and why, a checkpoint carrying
+Every command that reads a checkpoint (seqmodels-eval, -predict, -generate, -summary, -export,
+and seqmodels-train resuming) refuses, in one line naming the file and why, a checkpoint carrying
 a pickle payload, a model_class outside the project, a data ``_target_`` or an optimizer
 ``_target_`` outside the allowlist; the payload's file is never created. The pickle payload
 and the data target are live: ``trust_checkpoint=true`` (the opt-in, with its warning) runs
@@ -103,13 +103,14 @@ test_figures.__test__ = False  # a helper, not a test
 
 def command(name: str, ckpt: Path, user, run: Run, out: Path,
             *options: str) -> subprocess.CompletedProcess:
-    """The command a user types to use ``ckpt``; eval and resume write under ``out``."""
+    """The command a user types to use ``ckpt``; eval, export and resume write ``out``."""
     cwd, env = user
     args = {
         "eval": ("seqmodels.cli.eval", f"hydra.run.dir={out}"),
         "predict": ("seqmodels.cli.predict", "input=sentences.txt"),
         "generate": ("seqmodels.cli.generate", "prompt=ROMEO:", "num_chars=40", "seed=3"),
         "summary": ("seqmodels.cli.summary",),
+        "export": ("seqmodels.cli.export", f"output={out}"),
         "resume": ("seqmodels.cli.train", *run.overrides, f"hydra.run.dir={out}"),
     }[name]
     return run_cli(args[0], f"ckpt_path={ckpt}", *args[1:], *options, cwd=cwd, env=env)
@@ -155,7 +156,7 @@ VECTORS = {  # how each is made, and what its refusal says
     "optimizer_target": (foreign_optimizer_target, "hyper_parameters.optimizer._target_ is "
                          "'builtins.open', which is not an optimizer of torch.optim"),
 }
-COMMANDS = ("eval", "predict", "generate", "summary", "resume")
+COMMANDS = ("eval", "predict", "generate", "summary", "export", "resume")
 # Every vector through every command; CI (`make test`) runs a diagonal of it, so that each
 # vector and each command is tried, and `make test-all` the whole matrix.
 CI_PAIRS = {("pickle", c) for c in COMMANDS} | {
