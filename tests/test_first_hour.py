@@ -209,6 +209,8 @@ def test_the_console_shows_what_a_user_needs_before_the_first_epoch(sst2_run):
     assert re.match(r"model: SentimentClassifier, [\d.]+ K parameters", before[3]), before
     for noise in ("instantiating", "Tip:", "LeafSpec", "Params", "GPU available", "Seed set"):
         assert noise not in console, noise
+    assert re.search(r"^test \(best checkpoint\): test/acc 0\.\d{4}; ", console, re.MULTILINE)
+    assert "DataLoader 0" not in console  # Lightning's table of 17-digit figures
     log = (run_dir / "train.log").read_text()
     for kept in ("instantiating model <", "Params", "GPU available"):
         assert kept in log, kept

@@ -180,8 +180,12 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, An
             else:
                 load_evaluated_weights(model, best)
             test_whole_split(trainer)
-            trainer.test(model, datamodule=datamodule)
+            # One line with 4 decimals, as the epoch lines, not Lightning's table of 17 digits.
+            trainer.test(model, datamodule=datamodule, verbose=False)
             metrics.update(trainer.callback_metrics)
+            log.info("test (%s): %s", "best checkpoint" if best else "last weights", "; ".join(
+                f"{name} {float(value):.4f}" for name, value in sorted(metrics.items())
+                if name.startswith("test/")))
 
     metrics = {k: float(v) for k, v in metrics.items()}
     write_metrics(cfg.paths.output_dir, metrics)
