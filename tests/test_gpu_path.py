@@ -11,6 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from seqmodels.cli.train import build_data_and_model
 from seqmodels.errors import DataError
 from tests.conftest import compose_config
 from tests.tiny_datasets import write_named_datasets
@@ -69,3 +70,38 @@ def test_cuda_captured_step_trains_the_weights_the_eager_step_does():
     batches = bench.make_batches(4, 200, device)
     floor = bench.max_weight_difference(200, batches, device, count=10, captured=False)
     assert bench.max_weight_difference(200, batches, device, count=10) <= max(10 * floor, 1e-5)
+
+
+# -- fixed shapes: a few batch shapes for captured steps ------------------------------------------
+@pytest.mark.parametrize("experiment", ["sst2_bilstm", "ewt_upos"])
+def test_fixed_shape_batches_give_the_results_of_the_plain_ones(experiment, tmp_path,
+                                                               monkeypatch):
+    """data.pad_to_multiple=16 data.drop_last=true: every training batch is (batch_size, a
+    multiple of 16) and the network's loss and outputs on it are those of the same examples
+    batched as usual (the tagger's character features included)."""
+    monkeypatch.setenv("SEQMODELS_DATA_DIR", str(write_named_datasets(tmp_path / "data")))
+    overrides = [f"experiment={experiment}", "data.batch_size=16", "model.embedding_dim=8",
+                 "model.encoder.hidden_size=8"]
+    plain_cfg = compose_config(tmp_path, [*overrides, "data.bucketing=false"])
+    fixed_cfg = compose_config(tmp_path, [*overrides, "data.bucketing=false",
+                                          "data.pad_to_multiple=16", "data.drop_last=true"])
+    plain_data, model = build_data_and_model(plain_cfg)
+    fixed_data, _ = build_data_and_model(fixed_cfg)
+    model.eval()  # no dropout: its masks would be drawn over the wider batch differently
+    plain_batches, fixed_batches = list(plain_data.train_dataloader()), \
+        list(fixed_data.train_dataloader())
+    assert len(fixed_batches) == len(plain_data.splits["train"]) // 16 < len(plain_batches)
+    for plain, fixed in zip(plain_batches, fixed_batches, strict=False):
+        assert fixed.tokens.shape[0] == 16 and fixed.tokens.shape[1] % 16 == 0
+        assert fixed.tokens.shape[1] >= plain.tokens.shape[1]
+        torch.testing.assert_close(fixed.lengths, plain.lengths)
+        torch.testing.assert_close(model.net.training_loss(fixed)[0],
+                                   model.net.training_loss(plain)[0])
+
+
+def test_a_pad_multiple_that_is_not_one_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQMODELS_DATA_DIR", str(write_named_datasets(tmp_path / "data")))
+    cfg = compose_config(tmp_path, ["experiment=sst2_bilstm", "data.pad_to_multiple=0"])
+    with pytest.raises((DataError, InstantiationException),
+                       match="data.pad_to_multiple must be a positive integer or null"):
+        instantiate(cfg.data)

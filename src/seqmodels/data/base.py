@@ -10,7 +10,12 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from seqmodels.data.batching import Batch, LengthBatchSampler, batches_done_in_resumed_epoch
+from seqmodels.data.batching import (
+    Batch,
+    LengthBatchSampler,
+    PaddedToMultiple,
+    batches_done_in_resumed_epoch,
+)
 from seqmodels.data.download import ensure_dataset
 from seqmodels.data.files import DEFAULT_ENCODING, check_encoding, check_encoding_errors
 from seqmodels.data.vocab import Vocab
@@ -130,6 +135,11 @@ class SequenceDataModule(DataModuleBase):
 
     :param train_path, val_path, test_path: the split files.
     :param bucketing: group examples of similar length into batches (less padding).
+    :param pad_to_multiple: pad every batch's length up to a multiple of this (null: to its
+        longest sequence): a few shapes instead of one per length, for captured steps on a
+        GPU; results do not change (padding never does).
+    :param drop_last: leave out each training epoch's last batch when it is smaller than
+        ``batch_size``, so that every training batch has the same number of rows.
     :param max_length: longest sequence kept; longer ones are truncated (``on_long=truncate``,
         counted in the log) or refused (``on_long=error``).
     The other parameters are ``DataModuleBase``'s and the DataLoader's.
@@ -148,6 +158,8 @@ class SequenceDataModule(DataModuleBase):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         bucketing: bool = True,
+        pad_to_multiple: int | None = None,
+        drop_last: bool = False,
         max_length: int | None = None,
         on_long: str = "truncate",
         encoding_errors: str = "strict",
@@ -161,7 +173,14 @@ class SequenceDataModule(DataModuleBase):
         if on_long not in ("truncate", "error"):
             raise DataError(f"data.on_long={on_long!r} is not one of ['truncate', 'error']")
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
+        if pad_to_multiple is not None and (isinstance(pad_to_multiple, bool)
+                                            or not isinstance(pad_to_multiple, int)
+                                            or pad_to_multiple < 1):
+            raise DataError(f"data.pad_to_multiple must be a positive integer or null, got "
+                            f"{pad_to_multiple!r}")
         self.bucketing = bucketing
+        self.pad_to_multiple = pad_to_multiple
+        self.drop_last = drop_last
         self.max_length = max_length
         self.on_long = on_long
         self.num_workers = num_workers
@@ -245,13 +264,17 @@ class SequenceDataModule(DataModuleBase):
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             bucketing=self.bucketing,
+            drop_last=train and self.drop_last,
             even_shards=train,
             seed=self.seed,
         )
+        collate = self.collate_fn
+        if self.pad_to_multiple:
+            collate = PaddedToMultiple(collate, self.pad_to_multiple)
         return DataLoader(
             data,
             batch_sampler=sampler,
-            collate_fn=self.collate_fn,
+            collate_fn=collate,
             num_workers=self.num_workers,
             pin_memory=self.pins_memory(),
             persistent_workers=self.num_workers > 0,

@@ -78,6 +78,40 @@ def collate_classification(examples: Sequence[tuple]) -> Batch:
     return Batch(tokens, lengths, labels, chars)
 
 
+def pad_steps_to_multiple(batch: Batch, multiple: int) -> Batch:
+    """The same batch with its length (T) rounded up to a multiple of ``multiple``: only more
+    padding (token ``PAD_ID``, per-token targets ``IGNORE_INDEX``, character rows the padding
+    row), which never changes a result, and a few shapes instead of one per length, as a
+    captured CUDA graph needs."""
+    steps = batch.tokens.size(1)
+    extra = -steps % multiple
+    if not extra:
+        return batch
+
+    def widen(t: Tensor, value: int) -> Tensor:
+        return torch.nn.functional.pad(t, (0, extra), value=value)
+
+    targets = batch.targets
+    if targets is not None and targets.dim() == 2:  # one target per token
+        targets = widen(targets, IGNORE_INDEX)
+    chars = batch.chars
+    if chars is not None:
+        chars = SpelledWords(chars.spellings, chars.lengths, chars.groups,
+                             widen(chars.index, chars.spellings.size(0)))
+    return Batch(widen(batch.tokens, PAD_ID), batch.lengths, targets, chars, batch.num_tokens)
+
+
+class PaddedToMultiple:
+    """A collate function whose batches ``pad_steps_to_multiple`` widens (picklable, for
+    loader workers)."""
+
+    def __init__(self, collate: Callable[[Sequence], Batch], multiple: int):
+        self.collate, self.multiple = collate, multiple
+
+    def __call__(self, examples: Sequence) -> Batch:
+        return pad_steps_to_multiple(self.collate(examples), self.multiple)
+
+
 def distributed_rank_and_size() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
