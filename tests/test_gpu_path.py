@@ -20,8 +20,11 @@ EXPERIMENTS = ["sst2_bilstm", "ewt_upos", "shakespeare_char"]
 
 
 def on(device: str) -> SimpleNamespace:
-    """A stand-in for a trainer whose strategy runs on ``device`` (what the datamodule reads)."""
-    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    """A stand-in for a trainer whose strategy runs on ``device``, at the start of a run (what
+    the datamodule reads: the device, the epoch, the callbacks for a resumed position)."""
+    start = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)),
+                           fit_loop=start, callbacks=[], current_epoch=0)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -37,6 +40,32 @@ def test_batches_are_pinned_when_training_on_cuda_only(experiment, tmp_path, mon
     assert datamodule.pins_memory() is True
     datamodule.pin_memory = False  # data.pin_memory=false: never
     assert datamodule.pins_memory() is False
+
+
+@pytest.mark.parametrize("experiment", ["sst2_bilstm", "ewt_upos"])
+def test_loader_workers_on_cuda_make_the_batches_the_main_process_makes(experiment, tmp_path,
+                                                                        monkeypatch):
+    """data.num_workers=auto: loader processes only on CUDA; and what they make (the tagger's
+    spellings included) is what the training process would have made itself."""
+    monkeypatch.setenv("SEQMODELS_DATA_DIR", str(write_named_datasets(tmp_path / "data")))
+    cfg = compose_config(tmp_path, [f"experiment={experiment}", "data.batch_size=16"])
+    assert cfg.data.num_workers == "auto"
+    datamodule, _ = build_data_and_model(cfg)
+    datamodule.trainer = on("cpu")
+    assert datamodule.workers() == 0
+    alone = list(datamodule.train_dataloader())
+    datamodule.trainer = on("cuda")
+    assert datamodule.workers() == 2
+    datamodule.pin_memory = False  # pinning needs a GPU; the workers do not
+    loader = datamodule.train_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    for mine, theirs in zip(alone, loader, strict=True):
+        for name in ("tokens", "lengths", "targets"):
+            torch.testing.assert_close(getattr(theirs, name), getattr(mine, name))
+        if mine.chars is not None:
+            torch.testing.assert_close(theirs.chars.spellings, mine.chars.spellings)
+            torch.testing.assert_close(theirs.chars.index, mine.chars.index)
+            assert theirs.chars.groups == mine.chars.groups
 
 
 def test_a_pin_memory_setting_that_is_not_one_is_refused(tmp_path, monkeypatch):

@@ -130,6 +130,9 @@ class DataModuleBase(L.LightningDataModule):
                     "test/ entries); %s", self.no_test_split_hint())
 
 
+CUDA_LOADER_WORKERS = 2
+
+
 class SequenceDataModule(DataModuleBase):
     """Examples read from one file per split, batched by length.
 
@@ -163,7 +166,7 @@ class SequenceDataModule(DataModuleBase):
         max_length: int | None = None,
         on_long: str = "truncate",
         encoding_errors: str = "strict",
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         pin_memory: bool | str = "auto",
         seed: int = 0,
         encoding: str = DEFAULT_ENCODING,
@@ -183,9 +186,23 @@ class SequenceDataModule(DataModuleBase):
         self.drop_last = drop_last
         self.max_length = max_length
         self.on_long = on_long
+        if num_workers != "auto" and (isinstance(num_workers, bool)
+                                      or not isinstance(num_workers, int) or num_workers < 0):
+            raise DataError(f"data.num_workers must be auto or an integer >= 0, got "
+                            f"{num_workers!r}")
         self.num_workers = num_workers
         self.seed = seed
         self.splits: dict[str, ListDataset] = {}
+
+    def workers(self) -> int:
+        """``data.num_workers``: ``auto`` is 2 loader processes when the run trains on CUDA,
+        so that batches (the tagger's character spellings above all: docs/benchmarks_gpu.md)
+        are made while the GPU runs the step before; none on a CPU, whose cores the step
+        itself uses."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return CUDA_LOADER_WORKERS if on_cuda else 0
 
     # -- what a task defines -------------------------------------------------------------
     def read(self, path: Path) -> list:
@@ -275,9 +292,9 @@ class SequenceDataModule(DataModuleBase):
             data,
             batch_sampler=sampler,
             collate_fn=collate,
-            num_workers=self.num_workers,
+            num_workers=self.workers(),
             pin_memory=self.pins_memory(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.workers() > 0,
         )
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
