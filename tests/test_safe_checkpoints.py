@@ -14,6 +14,7 @@ figure. Each task's tiny model is trained once for the module."""
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,14 @@ test_figures.__test__ = False  # a helper, not a test
 
 def command(name: str, ckpt: Path, user, run: Run, out: Path,
             *options: str) -> subprocess.CompletedProcess:
-    """The command a user types to use ``ckpt``; eval, export and resume write ``out``."""
+    """The command a user types to use ``ckpt``; eval, export and resume write ``out``.
+    ``resume_last``: ``ckpt`` is a run's last.ckpt (in ``out``), which Lightning finds."""
     cwd, env = user
+    if name == "resume_last":
+        (out / "checkpoints").mkdir(parents=True)
+        shutil.copy(ckpt, out / "checkpoints" / "last.ckpt")
+        return run_cli("seqmodels.cli.train", *run.overrides, "ckpt_path=last",
+                       f"hydra.run.dir={out}", *options, cwd=cwd, env=env)
     args = {
         "eval": ("seqmodels.cli.eval", f"hydra.run.dir={out}"),
         "predict": ("seqmodels.cli.predict", "input=sentences.txt"),
@@ -156,11 +163,12 @@ VECTORS = {  # how each is made, and what its refusal says
     "optimizer_target": (foreign_optimizer_target, "hyper_parameters.optimizer._target_ is "
                          "'builtins.open', which is not an optimizer of torch.optim"),
 }
-COMMANDS = ("eval", "predict", "generate", "summary", "export", "resume")
-# Every vector through every command; CI (`make test`) runs a diagonal of it, so that each
-# vector and each command is tried, and `make test-all` the whole matrix.
-CI_PAIRS = {("pickle", c) for c in COMMANDS} | {
-    ("model_class", "summary"), ("data_target", "eval"), ("optimizer_target", "resume")}
+COMMANDS = ("eval", "predict", "generate", "summary", "export", "resume", "resume_last")
+# Every vector through every command (one loader serves them all); CI (`make test`) tries each
+# command once and each vector at least once, `make test-all` the whole matrix.
+CI_PAIRS = {("data_target", "eval"), ("pickle", "predict"), ("optimizer_target", "generate"),
+            ("model_class", "summary"), ("pickle", "export"), ("optimizer_target", "resume"),
+            ("pickle", "resume_last")}
 
 
 def malicious(genuine: Path, vector: str, folder: Path) -> tuple[Path, Path]:
@@ -180,11 +188,13 @@ def malicious(genuine: Path, vector: str, folder: Path) -> tuple[Path, Path]:
 def test_every_command_refuses_every_vector_in_one_line(vector, name, runs, user, tmp_path):
     run = runs("sentiment")
     ckpt, marker = malicious(run.last, vector, tmp_path)
-    result = command(name, ckpt, user, run, tmp_path / "out")
+    out = tmp_path / "out"
+    result = command(name, ckpt, user, run, out)
     assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith(f"error: refused {ckpt}: {VECTORS[vector][1]}"), result.stderr
+    named = out / "checkpoints" / "last.ckpt" if name == "resume_last" else ckpt
+    assert last_line.startswith(f"error: refused {named}: {VECTORS[vector][1]}"), result.stderr
     assert "trust_checkpoint=true" in last_line
     assert not marker.exists()
 
