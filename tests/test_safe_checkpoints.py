@@ -6,10 +6,15 @@ and seqmodels-train resuming) refuses, in one line naming the file and why, a ch
 a pickle payload, a model_class outside the project, a data ``_target_`` or an optimizer
 ``_target_`` outside the allowlist; the payload's file is never created. The pickle payload
 and the data target are live: ``trust_checkpoint=true`` (the opt-in, with its warning) runs
-the one, Hydra's ``instantiate`` the other. The
-real checkpoints of all three tasks, weights alone (the best) and full (last.ckpt), still load
-in every command with the same figures: eval and a resumed run report the training run's test
-figure. Each task's tiny model is trained once for the module."""
+the one, Hydra's ``instantiate`` the other. The real checkpoints of all three tasks, weights
+alone (the best) and full (last.ckpt), still load in every command with the same figures:
+eval and a resumed run report the training run's test figure.
+
+Each task's tiny model is trained once for the module. To keep CI short it runs the sentiment
+task and one malicious file per command (``-m slow``: the rest); the same loader's other
+real-checkpoint paths run in CI elsewhere: eval == the reported figure of each task's best
+checkpoint (tests/test_checkpoints.py), predict (test_predict.py), generate (test_charlm.py),
+export (test_export.py), resuming (test_resume.py)."""
 
 import json
 import os
