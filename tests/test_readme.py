@@ -51,6 +51,7 @@ CANNOT_RUN = [
                      "tests/test_distributed.py)"),
     ("torchrun --nnodes", "needs several machines"),
     ("srun ", "needs a SLURM cluster"),
+    ("ssh -N -L", "tunnels to a remote machine (the README's gpu-box stands for the user's)"),
     ("postgresql://", "needs a PostgreSQL server (tests/test_sweeps.py starts one where it "
                       "can: test_a_search_in_postgresql)"),
 ]
