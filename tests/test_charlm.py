@@ -284,3 +284,16 @@ def test_short_run_logs_samples_to_tensorboard_and_checkpoints_on_val_loss(tmp_p
     assert [s.step for s in samples] == [2, 4]
     text = samples[0].tensor_proto.string_val[0].decode()
     assert text.startswith("    ") and len(text) > 30
+
+
+def test_a_one_cycle_warm_up_shorter_than_two_steps_is_refused_in_one_line(user):
+    """OneCycleLR would divide by zero at its first step (a raw traceback): the command says
+    what to change instead, before training."""
+    cwd, env = user
+    result = run_cli("seqmodels.cli.train", "experiment=shakespeare_char", "debug=limit",
+                     "trainer.max_epochs=1", "model.embedding_dim=8",
+                     "model.encoder.hidden_size=8", cwd=cwd, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "model.scheduler cannot schedule a run of" in result.stderr
+    assert "raise model.scheduler.pct_start" in result.stderr

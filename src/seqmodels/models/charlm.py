@@ -193,7 +193,15 @@ class CharLanguageModel(SequenceModule):
         if not math.isfinite(total_steps):
             raise ConfigError("model.scheduler_interval=step needs a known number of steps: set "
                               "trainer.max_epochs or trainer.max_steps")
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
+        try:
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
+        except ZeroDivisionError:
+            # OneCycleLR over too few steps: its warm-up (pct_start of them) spans under two
+            # steps, and its first step divides by zero.
+            raise ConfigError(
+                f"model.scheduler cannot schedule a run of {int(total_steps)} optimizer steps "
+                "(for OneCycleLR: its warm-up, pct_start of them, is under 2 steps); train for "
+                "more steps or raise model.scheduler.pct_start") from None
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
