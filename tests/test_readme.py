@@ -113,6 +113,7 @@ DOC_COMMANDS = [(doc, command) for doc in DOCS
 DOCS_CANNOT_RUN = [
     ("scripts/device_check.sh", "the GPU check (tests/test_device_check.py runs its CPU dry run)"),
     ("make device-wheels", "packs wheels and data for a GPU machine"),
+    ("scripts/bench_cuda_graphs.py", "needs a CUDA GPU (CUDA graphs)"),
     ("$GRID", "a grid of 12 runs per command; tests/test_compare.py runs a real grid sweep "
               "through the same command"),
     ("/tmp/sweeps/", "reads the grid sweeps of the commands above"),
