@@ -232,7 +232,7 @@ def test_trained_with_vectors_a_checkpoint_predicts_unseen_words_without_the_fil
         probabilities = logits.softmax(-1)[0].tolist()
         labels = model.vocabs["labels"].itos
         assert [predicted["probs"][label] for label in labels] == \
-            pytest.approx(probabilities, abs=1e-5)
+            pytest.approx(probabilities, abs=5e-5)  # predict prints 4 decimals
     else:
         tags = [model.tags[i] for i in logits.argmax(-1)[0].tolist()]
         assert predicted["tags"] == tags
