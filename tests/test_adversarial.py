@@ -56,3 +56,20 @@ def test_each_sentence_gets_its_own_perturbation_whatever_the_padding():
 def test_a_negative_epsilon_is_refused():
     with pytest.raises(ConfigError, match="adversarial_epsilon"):
         model(epsilon=-1.0)
+
+
+def test_the_logged_training_loss_is_the_clean_one_and_the_adversarial_one_is_beside_it():
+    """train/loss is comparable with val/loss (the clean loss), train/adversarial_loss is the
+    other term, and the step minimises their sum."""
+    classifier = model(epsilon=2.0).train()
+    batch = collate_classification(EXAMPLES)
+    logged = {}
+    classifier.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    total = classifier.training_loss(batch, 0)
+    plain = model(epsilon=0.0).train()
+    clean = F.cross_entropy(plain(batch.tokens, batch.lengths), batch.targets)
+    torch.testing.assert_close(logged["train/loss"], clean.detach())
+    torch.testing.assert_close(logged["train/loss"] + logged["train/adversarial_loss"],
+                               total.detach())
+    assert logged["train/adversarial_loss"] > logged["train/loss"]
+    torch.testing.assert_close(total, classifier.training_objective(batch))

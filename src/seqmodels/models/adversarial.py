@@ -15,7 +15,15 @@ from torch import Tensor
 
 def adversarial_loss(loss_at: Callable[[Tensor], Tensor], vectors: Tensor,
                      epsilon: float) -> Tensor:
-    """``loss_at(vectors) + loss_at(vectors + r)``.
+    """``loss_at(vectors) + loss_at(vectors + r)`` (``adversarial_losses``, summed)."""
+    clean, perturbed = adversarial_losses(loss_at, vectors, epsilon)
+    return clean + perturbed
+
+
+def adversarial_losses(loss_at: Callable[[Tensor], Tensor], vectors: Tensor,
+                       epsilon: float) -> tuple[Tensor, Tensor]:
+    """``loss_at(vectors)`` and ``loss_at(vectors + r)``, the clean loss and the adversarial
+    one (training minimises their sum; each is logged on its own).
 
     :param loss_at: vectors -> the scalar loss (a batch mean).
     :param vectors: (B, ...) word vectors, part of the autograd graph.
@@ -34,4 +42,4 @@ def adversarial_loss(loss_at: Callable[[Tensor], Tensor], vectors: Tensor,
     (grad,) = torch.autograd.grad(loss, vectors, retain_graph=True)
     norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
     r = epsilon * grad / norms.view(-1, *[1] * (grad.dim() - 1))
-    return loss + loss_at(vectors + r.detach())
+    return loss, loss_at(vectors + r.detach())

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.chars import SpelledWords
 from seqmodels.data.vocab import PAD_ID
-from seqmodels.models.adversarial import adversarial_loss
+from seqmodels.models.adversarial import adversarial_losses
 from seqmodels.models.embeddings import WordEmbeddings
 from seqmodels.models.encoder import RNNEncoder, State
 
@@ -87,6 +87,12 @@ class SentenceClassifierNet(nn.Module):
     def training_loss(self, batch: Batch, state: None = None) -> tuple[Tensor, None]:
         """Cross-entropy with label smoothing, plus its adversarial counterpart when
         ``adversarial_epsilon`` > 0 (``models/adversarial.py``)."""
+        clean, perturbed = self.training_losses(batch)
+        return (clean if perturbed is None else clean + perturbed), None
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """The two terms of ``training_loss``: the clean loss and the adversarial one (None
+        without adversarial training)."""
         if not self.adversarial_epsilon:
             return self.loss(batch, self.label_smoothing)[0], None
         real = batch.tokens != PAD_ID
@@ -96,7 +102,7 @@ class SentenceClassifierNet(nn.Module):
                                    label_smoothing=self.label_smoothing)
 
         vectors = self.word_vectors(batch.tokens, real, batch.chars)
-        return adversarial_loss(loss_at, vectors, self.adversarial_epsilon), None
+        return adversarial_losses(loss_at, vectors, self.adversarial_epsilon)
 
 
 class TaggerNet(nn.Module):

@@ -39,7 +39,8 @@ class SentimentClassifier(SequenceModule):
     :param adversarial_epsilon: when > 0, adversarial training (Miyato et al. 2017): the
         training loss adds the loss at the word vectors moved by this L2 norm per sentence
         along the loss's gradient, before embedding dropout (``models/adversarial.py``); about
-        twice the compute per step. The logged training loss is then the sum of both losses.
+        twice the compute per step. ``train/loss`` is then the clean loss, as without it,
+        and ``train/adversarial_loss`` the other term; training minimises their sum.
     :param sparse_embeddings: sparse embedding gradients (pair with a sparse-aware optimizer).
     """
 
@@ -127,9 +128,12 @@ class SentimentClassifier(SequenceModule):
         self.val_acc_best.reset()  # the sanity check's numbers are not a result
 
     def training_loss(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self.training_objective(batch)
-        self.log_train_loss(loss, batch_size=len(batch), weight=len(batch))
-        return loss
+        clean, perturbed = self.net.training_losses(batch)
+        if self.log_train_loss(clean, batch_size=len(batch), weight=len(batch)) and \
+                perturbed is not None:
+            self.log("train/adversarial_loss", perturbed.detach().to("cpu", copy=True),
+                     on_step=True, on_epoch=False, batch_size=len(batch))
+        return clean if perturbed is None else clean + perturbed
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, logits = self.net.loss(batch)
