@@ -14,6 +14,13 @@ from seqmodels.training.precision import clippable_optimizer, scales_gradients
 from seqmodels.training.step_costs import is_logging_step
 
 
+def net_part(name: str) -> property:
+    """A read-only attribute of a task module that is the same-named part of its network
+    (``module.encoder`` is ``module.net.encoder``), as tools and callbacks read them."""
+    return property(lambda module: getattr(module.net, name),
+                    doc=f"``self.net.{name}`` (models/networks.py)")
+
+
 class SequenceModule(L.LightningModule):
     """:param optimizer: a partial (``_partial_: true``) that takes the parameters.
     :param scheduler: an optional partial that takes the optimizer.

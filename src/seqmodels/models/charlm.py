@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric, MinMetric
 
 from seqmodels.data.batching import Batch
 from seqmodels.data.vocab import PAD_ID, UNK_ID, Vocab
 from seqmodels.errors import ConfigError
-from seqmodels.models.base import SequenceModule
-from seqmodels.models.encoder import RNNEncoder, State
+from seqmodels.models.base import SequenceModule, net_part
+from seqmodels.models.encoder import State
 from seqmodels.models.networks import CharLMNet
 from seqmodels.models.sampling import check_sampling, make_stepper, pick
 
@@ -100,17 +100,9 @@ class CharLanguageModel(SequenceModule):
 
     # -- the network (``self.net``, models/networks.py) -----------------------------------
     # Its parts, as generation and the tools read them.
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.net.embedding
-
-    @property
-    def encoder(self) -> RNNEncoder:
-        return self.net.encoder
-
-    @property
-    def head(self) -> nn.Linear:
-        return self.net.head
+    embedding = net_part("embedding")
+    encoder = net_part("encoder")
+    head = net_part("head")
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
         """(B, T) character ids and an optional initial state -> (B, T, V) next-character

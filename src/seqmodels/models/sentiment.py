@@ -1,16 +1,15 @@
 """Many-to-one: one label per sentence (sentiment and any other sentence classification)."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from seqmodels.data.batching import Batch
 from seqmodels.data.chars import SpelledWords
 from seqmodels.errors import ConfigError
-from seqmodels.models.base import SequenceModule
+from seqmodels.models.base import SequenceModule, net_part
 from seqmodels.models.embeddings import WordEmbeddings
-from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.networks import POOLINGS, SentenceClassifierNet
 
 
@@ -101,17 +100,9 @@ class SentimentClassifier(SequenceModule):
 
     # The network's parts, as tools and callbacks read them (seqmodels-summary, the gradient
     # views, word-vector loading).
-    @property
-    def embeddings(self) -> WordEmbeddings:
-        return self.net.embeddings
-
-    @property
-    def encoder(self) -> RNNEncoder:
-        return self.net.encoder
-
-    @property
-    def classifier(self) -> nn.Linear:
-        return self.net.classifier
+    embeddings = net_part("embeddings")
+    encoder = net_part("encoder")
+    classifier = net_part("classifier")
 
     def forward(self, tokens: Tensor, lengths: Tensor,
                 chars: SpelledWords | Tensor | None = None) -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -23,9 +23,8 @@ from torchmetrics.classification import (
 from seqmodels.data.batching import IGNORE_INDEX, Batch
 from seqmodels.data.chars import SpelledWords
 from seqmodels.errors import ConfigError
-from seqmodels.models.base import SequenceModule
+from seqmodels.models.base import SequenceModule, net_part
 from seqmodels.models.embeddings import WordEmbeddings
-from seqmodels.models.encoder import RNNEncoder
 from seqmodels.models.networks import TaggerNet
 from seqmodels.models.span_metrics import SpanF1, check_scheme
 from seqmodels.models.tag_metrics import SubsetAccuracy, tag_report
@@ -117,17 +116,9 @@ class SequenceTagger(SequenceModule):
 
     # -- the network (``self.net``, models/networks.py) ---------------------------------------
     # Its parts, as tools and callbacks read them (seqmodels-summary, the gradient views).
-    @property
-    def embeddings(self) -> WordEmbeddings:
-        return self.net.embeddings
-
-    @property
-    def encoder(self) -> RNNEncoder:
-        return self.net.encoder
-
-    @property
-    def output(self) -> nn.Linear:
-        return self.net.output
+    embeddings = net_part("embeddings")
+    encoder = net_part("encoder")
+    output = net_part("output")
 
     def forward(self, tokens: Tensor, lengths: Tensor,
                 chars: SpelledWords | Tensor | None = None) -> Tensor:
