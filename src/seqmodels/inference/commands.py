@@ -2,15 +2,14 @@
 (``ckpt_path=<directory>``): the same configs, input formats and output as with a checkpoint,
 run by onnxruntime without importing torch or Lightning (``dispatch.py`` sends them here).
 
-The input readers and the output writers follow ``seqmodels.cli.predict``'s (which imports
-torch), built from the same torch-free pieces of ``seqmodels.data``; tests/test_export.py
-checks that both commands write the same lines for the same model.
+The input readers are ``seqmodels.cli.predict``'s own (``text_input``, torch-free); the output
+writers follow its; tests/test_export.py checks that both commands write the same lines for
+the same model.
 """
 
 import functools
 import json
 import sys
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
@@ -18,22 +17,22 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from seqmodels.data.conll import CONLLU_COLUMNS, CONLLU_FORM, DOCSTART
 from seqmodels.data.files import (
     DEFAULT_ENCODING,
     check_encoding,
-    check_encoding_errors,
-    decode_lines,
-    read_lines,
 )
-from seqmodels.data.labelled_text import csv_rows, json_records, text_column_of, tokens_of
 from seqmodels.errors import ConfigError, DataError, SeqModelsError
 from seqmodels.inference.bundle import ExportedModel
+from seqmodels.inference.text_input import (
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    PROBABILITY_DIGITS,
+    SENTENCE_FORMATS,
+    input_lines,
+    open_output,
+    read_sentences,
+)
 
-OUTPUT_FORMATS = ("tsv", "jsonl")
-INPUT_FORMATS = ("text", "csv", "jsonl", "conllu", "column")
-SENTENCE_FORMATS = ("text", "csv", "jsonl")
-PROBABILITY_DIGITS = 4  # as seqmodels-predict prints them
 POOL_SENTENCES = 64 * 256  # sentences read, predicted and written at a time
 
 
@@ -60,78 +59,6 @@ def one_line_errors(main):
 
 
 # -- input (as seqmodels-predict reads it) -------------------------------------------------------
-def input_lines(source: str, errors: str, encoding: str) -> Iterator[tuple[int, str]]:
-    if source != "-":
-        yield from read_lines(source, errors, encoding, prefix="")
-        return
-    check_encoding_errors(errors, "encoding_errors")
-    yield from decode_lines(sys.stdin.buffer, "<stdin>", encoding, errors, prefix="")
-
-
-def read_sentences(lines: Iterable[tuple[int, str]], input_format: str, source: str,
-                   text_column=None) -> Iterator[tuple[list[str], int]]:
-    """``(tokens, line)`` per sentence of text, csv, jsonl, conllu or column input."""
-    if input_format == "text":
-        yield from ((line.split(), number) for number, line in lines if line.strip())
-    elif input_format == "csv":
-        rows = csv_rows(lines, source)
-        first = next(rows, None)
-        if first is None:
-            return
-        header, column = text_column_of(first[1], text_column, "text_column", source, first[0])
-        for number, fields in rows if header else chain([first], rows):
-            if not -len(fields) <= column < len(fields):
-                raise DataError(f"the record has {len(fields)} fields, too few for the text's "
-                                f"column ({column})", source, number)
-            yield fields[column].split(), number
-    elif input_format == "jsonl":
-        key = "text" if text_column is None else str(text_column)
-        for number, record in json_records(lines, source):
-            if key not in record:
-                raise DataError(f"the object has no {key!r} key (it has {sorted(record)}); name "
-                                "the text's key with text_column=<key>", source, number)
-            yield tokens_of(record[key]), number
-    else:
-        yield from _token_lines(lines, input_format, source)
-
-
-def _token_lines(lines, input_format: str, source: str):
-    tokens, first = [], 0
-    for number, line in lines:
-        if not line.strip():
-            if tokens:
-                yield tokens, first
-            tokens = []
-            continue
-        if input_format == "column":
-            token = line.split()[0]
-            token = None if token == DOCSTART else token
-        elif line.startswith("#"):
-            token = None
-        else:
-            columns = line.split("\t")
-            if len(columns) != CONLLU_COLUMNS:
-                raise DataError(f"expected {CONLLU_COLUMNS} tab-separated columns (CoNLL-U), "
-                                f"found {len(columns)}; for one sentence a line use "
-                                "input_format=text", source, number)
-            token = columns[CONLLU_FORM] if columns[0].isdigit() else None
-        if token is not None:
-            first = first if tokens else number
-            tokens.append(token)
-    if tokens:
-        yield tokens, first
-
-
-@contextmanager
-def open_output(target: str):
-    if target == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    with open(target, "w", encoding="utf-8", newline="\n") as handle:
-        yield handle
-
-
 # -- predict -------------------------------------------------------------------------------------
 def check_device(cfg: DictConfig) -> None:
     device = str(cfg.get("device", "auto"))
