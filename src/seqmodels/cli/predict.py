@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from itertools import chain
 from pathlib import Path
@@ -48,6 +47,7 @@ from seqmodels.inference.text_input import (
     Sentence,
     input_lines,
     open_output,
+    pools,
     read_sentences,
 )
 from seqmodels.overrides import hold_composition_errors
@@ -57,16 +57,6 @@ log = logging.getLogger(__name__)
 # Sentences sorted by length together: a pool of this many batches is read, predicted and
 # written before the next is read, so memory stays bounded and output starts early.
 POOL_BATCHES = 64
-
-def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
-    pool = []
-    for sentence in sentences:
-        pool.append(sentence)
-        if len(pool) == size:
-            yield pool
-            pool = []
-    if pool:
-        yield pool
 
 
 # -- how the training data was normalised -------------------------------------------------------

@@ -30,6 +30,7 @@ from seqmodels.inference.text_input import (
     SENTENCE_FORMATS,
     input_lines,
     open_output,
+    pools,
     read_sentences,
 )
 
@@ -101,7 +102,7 @@ def predict(cfg: DictConfig, out=None) -> int:
     count = 0
     with open_output(str(cfg.output)) if out is None else _kept(out) as stream:
         write = _writer(model, stream, cfg.format)
-        for pool in _pools(chain([first], sentences), POOL_SENTENCES):
+        for pool in pools(chain([first], sentences), POOL_SENTENCES):
             for sentence, result in zip(pool, _in_length_order(model, pool, batch_size)):
                 write(sentence, result)
             count += len(pool)
@@ -111,17 +112,6 @@ def predict(cfg: DictConfig, out=None) -> int:
 @contextmanager
 def _kept(stream):
     yield stream
-
-
-def _pools(sentences, size: int):
-    pool = []
-    for sentence in sentences:
-        pool.append(sentence)
-        if len(pool) == size:
-            yield pool
-            pool = []
-    if pool:
-        yield pool
 
 
 def _in_length_order(model: ExportedModel, pool: list, batch_size: int) -> list:

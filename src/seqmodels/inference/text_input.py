@@ -114,3 +114,15 @@ def open_output(target: str):
         return
     with open(target, "w", encoding="utf-8", newline="\n") as handle:
         yield handle
+
+
+def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
+    """The sentences in lists of ``size`` (the last may be shorter), read one list at a time."""
+    pool = []
+    for sentence in sentences:
+        pool.append(sentence)
+        if len(pool) == size:
+            yield pool
+            pool = []
+    if pool:
+        yield pool
