@@ -13,7 +13,6 @@ hold no sentence and are skipped; every output record names its input line (``li
 or key with ``text_column=`` (by default a header's usual text name, ``text``).
 """
 
-import json
 import logging
 import os
 import sys
@@ -42,13 +41,14 @@ from seqmodels.inference.bundle import is_export_dir
 from seqmodels.inference.text_input import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
-    PROBABILITY_DIGITS,
     SENTENCE_FORMATS,
     Sentence,
+    classification_writer,
     input_lines,
     open_output,
     pools,
     read_sentences,
+    tagging_writer,
 )
 from seqmodels.overrides import hold_composition_errors
 
@@ -120,39 +120,6 @@ def predict_in_length_order(model, encoded: list, collate, batch_size: int,
         for index, result in zip(chosen, model.predict_step(batch, start // batch_size)):
             results[index] = result
     return results
-
-
-# -- output --------------------------------------------------------------------------------------
-def classification_writer(out: TextIO, labels: list[str], output_format: str):
-    if output_format == "tsv":
-        out.write("\t".join(["line", "text", "label", *(f"p({label})" for label in labels)]) + "\n")
-
-    def write(sentence: Sentence, probs: torch.Tensor) -> None:
-        words, line = sentence
-        probs = probs.tolist()
-        label = labels[max(range(len(probs)), key=probs.__getitem__)]
-        if output_format == "tsv":
-            shown = [f"{p:.{PROBABILITY_DIGITS}f}" for p in probs]
-            out.write("\t".join([str(line), " ".join(words), label, *shown]) + "\n")
-        else:
-            record = {"line": line, "text": " ".join(words), "label": label,
-                      "probs": {name: round(p, PROBABILITY_DIGITS)
-                                for name, p in zip(labels, probs)}}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    return write
-
-
-def tagging_writer(out: TextIO, output_format: str):
-    def write(sentence: Sentence, tags: list[str]) -> None:
-        words, line = sentence
-        if output_format == "tsv":  # CoNLL style: token<TAB>tag, a blank line after a sentence
-            out.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
-        else:
-            out.write(json.dumps({"line": line, "tokens": words, "tags": tags},
-                                 ensure_ascii=False) + "\n")
-
-    return write
 
 
 # -- the command -----------------------------------------------------------------------------------

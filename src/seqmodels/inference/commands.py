@@ -8,7 +8,6 @@ the same model.
 """
 
 import functools
-import json
 import sys
 from contextlib import contextmanager
 from itertools import chain
@@ -26,12 +25,13 @@ from seqmodels.inference.bundle import ExportedModel
 from seqmodels.inference.text_input import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
-    PROBABILITY_DIGITS,
     SENTENCE_FORMATS,
+    classification_writer,
     input_lines,
     open_output,
     pools,
     read_sentences,
+    tagging_writer,
 )
 
 POOL_SENTENCES = 64 * 256  # sentences read, predicted and written at a time
@@ -129,35 +129,15 @@ def _in_length_order(model: ExportedModel, pool: list, batch_size: int) -> list:
 
 
 def _writer(model: ExportedModel, out, output_format: str):
+    """seqmodels-predict's writers, fed from the exported model's numpy outputs."""
     if model.task == "classification":
-        labels = model.vocabs["labels"].itos
-        if output_format == "tsv":
-            out.write("\t".join(["line", "text", "label", *(f"p({lb})" for lb in labels)]) + "\n")
-
-        def write(sentence, probs: np.ndarray) -> None:
-            words, line = sentence
-            probs = probs.tolist()
-            label = labels[max(range(len(probs)), key=probs.__getitem__)]
-            if output_format == "tsv":
-                shown = [f"{p:.{PROBABILITY_DIGITS}f}" for p in probs]
-                out.write("\t".join([str(line), " ".join(words), label, *shown]) + "\n")
-            else:
-                out.write(json.dumps({"line": line, "text": " ".join(words), "label": label,
-                                      "probs": {lb: round(p, PROBABILITY_DIGITS)
-                                                for lb, p in zip(labels, probs)}},
-                                     ensure_ascii=False) + "\n")
-
-        return write
+        return classification_writer(out, model.vocabs["labels"].itos, output_format)
     tag_names = model.vocabs["tags"].itos
+    write = tagging_writer(out, output_format)
 
     def write_tags(sentence, scores: np.ndarray) -> None:
-        words, line = sentence
-        tags = [tag_names[i] for i in scores[:len(words)].argmax(axis=1).tolist()]
-        if output_format == "tsv":
-            out.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
-        else:
-            out.write(json.dumps({"line": line, "tokens": words, "tags": tags},
-                                 ensure_ascii=False) + "\n")
+        tags = [tag_names[i] for i in scores[:len(sentence[0])].argmax(axis=1).tolist()]
+        write(sentence, tags)
 
     return write_tags
 

@@ -1,12 +1,15 @@
-"""What seqmodels-predict reads and where it writes, without torch: the input formats (one
-sentence a line, CSV, JSON lines, CoNLL-U, columns) turned into ``(tokens, line)`` sentences,
-and the output stream. Shared by the command over a checkpoint (``seqmodels.cli.predict``) and
-over an exported model (``seqmodels.inference.commands``, which must not import torch)."""
+"""What seqmodels-predict reads and writes, without torch: the input formats (one sentence a
+line, CSV, JSON lines, CoNLL-U, columns) turned into ``(tokens, line)`` sentences, the output
+stream, and the lines written to it. Shared by the command over a checkpoint
+(``seqmodels.cli.predict``) and over an exported model (``seqmodels.inference.commands``,
+which must not import torch)."""
 
+import json
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
+from typing import TextIO
 
 from seqmodels.data.conll import CONLLU_COLUMNS, CONLLU_FORM, DOCSTART
 from seqmodels.data.files import (
@@ -126,3 +129,37 @@ def pools(sentences: Iterable[Sentence], size: int) -> Iterator[list[Sentence]]:
             pool = []
     if pool:
         yield pool
+
+
+# -- output --------------------------------------------------------------------------------------
+def classification_writer(out: TextIO, labels: list[str], output_format: str):
+    """A writer of one sentence's probabilities (a torch tensor or a numpy array)."""
+    if output_format == "tsv":
+        out.write("\t".join(["line", "text", "label", *(f"p({label})" for label in labels)]) + "\n")
+
+    def write(sentence: Sentence, probs) -> None:
+        words, line = sentence
+        probs = probs.tolist()
+        label = labels[max(range(len(probs)), key=probs.__getitem__)]
+        if output_format == "tsv":
+            shown = [f"{p:.{PROBABILITY_DIGITS}f}" for p in probs]
+            out.write("\t".join([str(line), " ".join(words), label, *shown]) + "\n")
+        else:
+            record = {"line": line, "text": " ".join(words), "label": label,
+                      "probs": {name: round(p, PROBABILITY_DIGITS)
+                                for name, p in zip(labels, probs)}}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    return write
+
+
+def tagging_writer(out: TextIO, output_format: str):
+    def write(sentence: Sentence, tags: list[str]) -> None:
+        words, line = sentence
+        if output_format == "tsv":  # CoNLL style: token<TAB>tag, a blank line after a sentence
+            out.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
+        else:
+            out.write(json.dumps({"line": line, "tokens": words, "tags": tags},
+                                 ensure_ascii=False) + "\n")
+
+    return write
